@@ -1,0 +1,124 @@
+"""Loading and saving checkpoints in the official layouts.
+
+Accepted files: the official ``.pth`` (Vim: ``{'model': ...}`` or
+``{'model_ema': ...}``; PlainMamba: an mmcv checkpoint ``{'state_dict': ...,
+'meta': ...}`` with ``backbone.`` prefixes and ``head.fc.*``), a bare state
+dict, and ``.safetensors``. Pickles are read with ``weights_only=True``, so
+nothing in them is executed. Each model class maps official keys to its own
+with ``from_official_state_dict`` / ``to_official_state_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ssmprune.errors import BadInputFileError, CheckpointError
+
+WRAPPER_KEYS = ("model", "model_ema", "state_dict", "module")
+MAX_LISTED = 8
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise BadInputFileError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise CheckpointError(
+            f"{path}: refused or unreadable pickle (only tensors and plain containers "
+            f"are loaded, nothing is executed): {first}") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The tensors of a checkpoint file, unwrapped from its container, official keys."""
+    path = Path(path)
+    obj = _read(path)
+    for _ in range(2):  # e.g. {'state_dict': {'module': ...}}
+        if isinstance(obj, dict):
+            for key in WRAPPER_KEYS:
+                if isinstance(obj.get(key), dict):
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: no state dict found in the checkpoint")
+    state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+    return state
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_LISTED])
+    more = len(keys) - MAX_LISTED
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load an official (or bare, or safetensors) checkpoint into ``model``.
+
+    Raises CheckpointError naming missing, unexpected and wrongly shaped keys
+    when the file belongs to another model. Returns the model.
+    """
+    state = model.from_official_state_dict(read_state_dict(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state) if state[k].shape != own[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} wrongly shaped (file vs model): {_listing(shapes)}")
+    if problems:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(
+            f"{path} does not fit {name}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the model's weights in its official layout, atomically.
+
+    ``.safetensors`` gets the official keys flat; anything else gets the
+    official ``torch.save`` container (``model.checkpoint_key``).
+    """
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in
+             model.to_official_state_dict(model.state_dict()).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            save_file(state, tmp)
+        else:
+            torch.save({model.checkpoint_key: state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
