@@ -161,11 +161,15 @@ def selective_scan_chunked(
     Bp = F.pad(B, (0, pad))
     Cp = F.pad(C, (0, pad))
 
-    # Time-major chunk layout (T, b, d, nc, n): every step reads contiguous memory.
-    dts = decay_dt.view(b, d, nc, T).permute(3, 0, 1, 2)
-    decay = torch.exp(dts[..., None] * A[None, None, :, None, :])
-    Bt = Bp.view(b, n, nc, T).permute(3, 0, 2, 1)[:, :, None]
-    inp = x.view(b, d, nc, T).permute(3, 0, 1, 2)[..., None] * Bt
+    # Time-major chunk layout (T, b, d, nc, n), built from contiguous (b d l)-sized
+    # pieces so the big tensors are contiguous and every step reads one block.
+    dts = decay_dt.view(b, d, nc, T).permute(3, 0, 1, 2).contiguous()
+    xs = x.view(b, d, nc, T).permute(3, 0, 1, 2).contiguous()
+    Bt = Bp.view(b, n, nc, T).permute(3, 0, 2, 1).contiguous()  # (T, b, nc, n)
+    Ct = Cp.view(b, n, nc, T).permute(3, 0, 2, 1).contiguous()
+    A5 = A[None, None, :, None, :]
+    decay = torch.exp(dts[..., None] * A5)
+    inp = xs[..., None] * Bt[:, :, None]
 
     states = torch.empty_like(inp)
     torch.mul(inp[0], 1.0, out=states[0])
@@ -173,14 +177,13 @@ def selective_scan_chunked(
         torch.addcmul(inp[t], decay[t], states[t - 1], out=states[t])
 
     # Cumulative in-chunk decay from the chunk start to each token.
-    cum = torch.exp(torch.cumsum(dts, dim=0)[..., None] * A[None, None, :, None, :])
+    cum = torch.exp(torch.cumsum(dts, dim=0)[..., None] * A5)
     carry = states.new_zeros(b, d, nc, n)
     for c in range(1, nc):
         carry[:, :, c] = states[T - 1, :, :, c - 1] + cum[T - 1, :, :, c - 1] * carry[:, :, c - 1]
     states.addcmul_(cum, carry[None])
 
-    Ct = Cp.view(b, n, nc, T).permute(3, 0, 2, 1)[:, :, None]
-    y = (states * Ct).sum(-1)  # (T, b, d, nc)
+    y = (states * Ct[:, :, None]).sum(-1)  # (T, b, d, nc)
     y = y.permute(1, 2, 3, 0).reshape(b, d, nc * T)[:, :, :l]
     return _finish(y, u32, D, z, u.dtype)
 
