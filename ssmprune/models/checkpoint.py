@@ -10,6 +10,7 @@ with ``from_official_state_dict`` / ``to_official_state_dict``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import tempfile
@@ -24,6 +25,10 @@ from torch import Tensor, nn
 from ssmprune.errors import BadInputFileError, CheckpointError
 
 WRAPPER_KEYS = ("model", "model_ema", "state_dict", "module")
+
+# Vim's training checkpoints hold the argparse ``args`` next to the weights;
+# unpickling a Namespace only sets attributes, no code of the file runs.
+_SAFE_GLOBALS = [argparse.Namespace]
 MAX_LISTED = 8
 
 
@@ -36,12 +41,17 @@ def _read(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's message leads with advice to disable weights_only; the line
+        # naming the refused object is the useful one.
+        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                      lines[0] if lines else "unpickling failed")
         raise CheckpointError(
             f"{path}: refused or unreadable pickle (only tensors and plain containers "
-            f"are loaded, nothing is executed): {first}") from None
+            f"are loaded, nothing is executed): {reason}") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune.errors import ConfigError, InputShapeError
+from ssmprune.pruning.config import PruneConfig
 from ssmprune.models.registry import register_family, register_model
 from ssmprune.ops.selective_scan import selective_scan
 
@@ -348,8 +349,10 @@ class PlainMamba(nn.Module):
     family = "plainmamba"
     checkpoint_key = "state_dict"  # official files are mmcv checkpoints
 
-    def __init__(self, config: PlainMambaConfig):
+    def __init__(self, config: PlainMambaConfig, prune: PruneConfig | None = None):
         super().__init__()
+        if prune is not None:
+            raise ConfigError("plainmamba: token pruning is not implemented yet")
         config.validate()
         self.config = config
         c = config.embed_dim

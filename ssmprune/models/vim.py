@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,12 @@ from torch import Tensor, nn
 from ssmprune.errors import ConfigError, InputShapeError
 from ssmprune.models.registry import register_family, register_model
 from ssmprune.ops.selective_scan import selective_scan
+from ssmprune.ops.token_gather import token_gather
+from ssmprune.pruning.config import PruneConfig
+from ssmprune.pruning.gaps import vim_gaps
+from ssmprune.pruning.importance import token_importance
+
+Gaps = Optional[tuple[Tensor, Tensor]]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -129,21 +136,23 @@ class BiMambaV2(nn.Module):
             delta_bias=dt_proj.bias.float(), gap=gap, delta_softplus=True,
         )
 
-    def mix(self, hidden: Tensor) -> Tensor:
+    def mix(self, hidden: Tensor, gaps: Gaps = None) -> Tensor:
         """The scan outputs before out_proj, aligned to token positions.
 
         hidden: (b m c) -> (b m d), the average of the forward output and the
-        flipped-back backward output.
+        flipped-back backward output. ``gaps``: (forward, backward) (b m) int64
+        alignment gaps, the backward ones in flipped order, or None.
         """
+        gap_f, gap_b = gaps if gaps is not None else (None, None)
         xz = self.in_proj(hidden).transpose(1, 2)  # (b 2d m)
         x, z = xz.chunk(2, dim=1)
-        y = self.branch(x, z, backward=False)
-        y_b = self.branch(x.flip(-1), z.flip(-1), backward=True)
+        y = self.branch(x, z, backward=False, gap=gap_f)
+        y_b = self.branch(x.flip(-1), z.flip(-1), backward=True, gap=gap_b)
         return ((y + y_b.flip(-1)) / 2).transpose(1, 2)
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, gaps: Gaps = None) -> Tensor:
         """hidden: (b m c) fp32 -> (b m c)."""
-        return self.out_proj(self.mix(hidden))
+        return self.out_proj(self.mix(hidden, gaps))
 
 
 class Block(nn.Module):
@@ -154,11 +163,16 @@ class Block(nn.Module):
         self.norm = nn.RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mixer = BiMambaV2(cfg)
 
-    def forward(self, hidden: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
-        """hidden, residual: (b m c); residual is fp32 (None for the first block)."""
+    def forward(self, hidden: Tensor, residual: Tensor | None,
+                gaps: Gaps = None) -> tuple[Tensor, Tensor, Tensor]:
+        """hidden, residual: (b m c); residual is fp32 (None for the first block).
+
+        Returns (mixer output (b m c), residual (b m c) fp32, the mixer's
+        pre-out_proj output (b m d) that pruning scores).
+        """
         residual = hidden.float() if residual is None else residual + hidden.float()
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
-        return hidden, residual
+        y = self.mixer.mix(self.norm(residual.to(self.norm.weight.dtype)), gaps)
+        return self.mixer.out_proj(y), residual, y
 
 
 class VisionMamba(nn.Module):
@@ -167,9 +181,12 @@ class VisionMamba(nn.Module):
     family = "vim"
     checkpoint_key = "model"  # official files are torch.save({"model": ...})
 
-    def __init__(self, cfg: VimConfig):
+    def __init__(self, cfg: VimConfig, prune: PruneConfig | None = None):
         super().__init__()
         self.config = cfg
+        self.prune = prune
+        self.schedule = (prune.token_schedule(cfg.num_patches + 1, cfg.depth, has_cls=True)
+                         if prune else [cfg.num_patches + 1] * cfg.depth)
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim))
@@ -204,21 +221,39 @@ class VisionMamba(nn.Module):
         return x + self.pos_embed
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(b, in_chans, H, W) -> the class token after norm_f, (b c)."""
+        """(b, in_chans, H, W) -> the class token after norm_f, (b c).
+
+        When pruned, after each pruning block the tokens are scored from that
+        block's mixer output, the top ones kept with ``token_gather`` (hidden
+        states and fp32 residual together, class token in the middle), and
+        the following scans get the alignment gaps of the kept positions.
+        """
         self.check_input(x)
         hidden, residual = self.embed(x), None
-        for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
+        cls_index, gaps = self.cls_position, None
+        positions = torch.arange(hidden.shape[1], device=x.device).expand(x.shape[0], -1)
+        points = set(self.prune.prune_after) if self.prune else set()
+        for i, layer in enumerate(self.layers):
+            hidden, residual, y = layer(hidden, residual, gaps)
+            if i + 1 not in points:
+                continue
+            scores = token_importance(y, self.prune.importance)
+            patches = self.schedule[i + 1] - 1
+            positions, hidden, residual = token_gather(
+                scores, positions, [hidden, residual], patches, cls_index, patches // 2)
+            cls_index = patches // 2
+            if self.prune.alignment == "gap":
+                gaps = vim_gaps(positions, cls_index, self.cls_position, self.config.num_patches)
         residual = residual + hidden.float()
         hidden = self.norm_f(residual.to(self.norm_f.weight.dtype))
-        return hidden[:, self.cls_position]
+        return hidden[:, cls_index]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
 
     def tokens_per_block(self) -> list[int]:
-        """Tokens entering each block."""
-        return [self.config.num_patches + 1] * self.config.depth
+        """Tokens entering each block (fewer after each pruning point)."""
+        return list(self.schedule)
 
     def flops(self) -> int:
         """FLOPs in the Vim paper's convention (PAPER.md, "FLOPs convention").
