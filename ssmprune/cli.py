@@ -54,21 +54,94 @@ def _overrides(img_size):
     return {} if img_size is None else {"img_size": img_size}
 
 
+def prune_options(fn):
+    """--prune PRESET, or --keep-ratio R --prune-after B,B [--importance] [--alignment]."""
+    options = [
+        click.option("--prune", "preset", default=None,
+                      help="Pruning preset, e.g. vim_s_paper (see `ssmprune info --presets`)."),
+        click.option("--keep-ratio", default=None,
+                      help="Keep ratio per pruning point: one value or one per point, e.g. 0.7."),
+        click.option("--prune-after", default=None,
+                      help="1-based blocks after which to prune, e.g. 6,12,18."),
+        click.option("--importance", type=click.Choice(["clip", "l1", "l2"]), default=None,
+                     help="Token importance (default clip, the paper's)."),
+        click.option("--alignment", type=click.Choice(["gap", "none"]), default=None,
+                     help="Hidden-state alignment (default gap)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _prune_config(preset, keep_ratio, prune_after, importance, alignment):
+    """The PruneConfig or preset name the options ask for, or None for dense."""
+    from ssmprune.errors import ConfigError
+    from ssmprune.pruning import PruneConfig
+
+    custom = keep_ratio is not None or prune_after is not None
+    if preset and custom:
+        raise ConfigError("give either --prune PRESET or --keep-ratio/--prune-after, not both")
+    if preset:
+        if importance or alignment:
+            from ssmprune.pruning.config import PRESETS
+
+            base = PRESETS[preset][1] if preset in PRESETS else None
+            if base is not None:
+                return preset, PruneConfig(base.keep_ratio, base.prune_after,
+                                           importance or base.importance,
+                                           alignment or base.alignment)
+        return preset, None
+    if not custom:
+        if importance or alignment:
+            raise ConfigError("--importance/--alignment need --prune or --keep-ratio/--prune-after")
+        return None, None
+    if keep_ratio is None or prune_after is None:
+        raise ConfigError("--keep-ratio and --prune-after go together")
+    try:
+        ratios = tuple(float(r) for r in keep_ratio.split(","))
+        blocks = tuple(int(b) for b in prune_after.split(","))
+    except ValueError:
+        raise ConfigError(f"bad --keep-ratio {keep_ratio!r} or --prune-after {prune_after!r}: "
+                          "use comma-separated numbers") from None
+    return None, PruneConfig(ratios[0] if len(ratios) == 1 else ratios, blocks,
+                             importance or "clip", alignment or "gap")
+
+
+def _prune_arg(preset, keep_ratio, prune_after, importance, alignment):
+    name, config = _prune_config(preset, keep_ratio, prune_after, importance, alignment)
+    return config if config is not None else name
+
+
 @main.command()
 @click.argument("model", required=False)
 @click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@prune_options
+@click.option("--presets", "list_presets", is_flag=True, help="List the pruning presets.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (a list without MODEL).")
-def info(model, img_size, as_json):
+def info(model, img_size, preset, keep_ratio, prune_after, importance, alignment,
+         list_presets, as_json):
     """Parameters, FLOPs, tokens per block and input shape of MODEL (all models if omitted).
 
     FLOPs follow each paper's convention (multiply-accumulates count as one;
-    Vim counts one scan direction, PlainMamba all four).
+    Vim counts one scan direction, PlainMamba all four). With a pruning
+    option the tokens and FLOPs are those of the pruned model.
     """
+    from ssmprune.errors import ConfigError
     from ssmprune.models import create_model, model_names
     from ssmprune.models.summary import compress_runs, describe
 
+    if list_presets:
+        from ssmprune.pruning import PRESETS
+
+        for name, (target, cfg) in PRESETS.items():
+            click.echo(f"{name:<22} {target:<15} keep {cfg.keep_ratio} after blocks "
+                       f"{','.join(map(str, cfg.prune_after))}")
+        return
+    prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
+    if prune is not None and not model:
+        raise ConfigError("pruning options need a MODEL")
     names = [model] if model else model_names()
-    infos = [describe(create_model(n, **_overrides(img_size))) for n in names]
+    infos = [describe(create_model(n, prune=prune, **_overrides(img_size))) for n in names]
     if as_json:
         click.echo(json.dumps(infos[0] if model else infos, indent=2))
         return
@@ -84,6 +157,11 @@ def info(model, img_size, as_json):
     click.echo(f"FLOPs             {i['gflops']:.3f} G (paper convention, MACs count as one)")
     click.echo(f"input shape       {' x '.join(map(str, i['input_shape']))}")
     click.echo(f"tokens per block  {compress_runs(i['tokens_per_block'])}")
+    if i["prune"]:
+        p = i["prune"]
+        click.echo(f"pruning           keep {p['keep_ratio']} after blocks "
+                   f"{','.join(map(str, p['prune_after']))}, importance {p['importance']}, "
+                   f"alignment {p['alignment']}")
 
 
 @main.command()
@@ -95,7 +173,9 @@ def info(model, img_size, as_json):
 @click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
 @click.option("--no-resize", is_flag=True, help="Require images already at the model's size.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs after warm-up.")
-def run(model, images, checkpoint, seed, img_size, no_resize, repeats):
+@prune_options
+def run(model, images, checkpoint, seed, img_size, no_resize, repeats, preset, keep_ratio,
+        prune_after, importance, alignment):
     """Classify IMAGES with the PyTorch reference MODEL; print top-5 and latency.
 
     Without IMAGES it uses a real photo shipped with scikit-image.
@@ -105,7 +185,8 @@ def run(model, images, checkpoint, seed, img_size, no_resize, repeats):
     from ssmprune.images import batch_from_files, preprocess, sample_photo
     from ssmprune.predict import build_model, timed_forward, top_k
 
-    net, weights = build_model(model, checkpoint, seed, **_overrides(img_size))
+    prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
+    net, weights = build_model(model, checkpoint, seed, prune=prune, **_overrides(img_size))
     cfg = net.config
     click.echo(f"{model}: {weights}")
     if images:
@@ -121,6 +202,38 @@ def run(model, images, checkpoint, seed, img_size, no_resize, repeats):
     med = sorted(times)[len(times) // 2]
     click.echo(f"latency {med:.1f} ms per batch of {x.shape[0]} "
                f"(median of {len(times)}, {torch.get_num_threads()} threads, CPU)")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("image", type=click.Path(), required=False)
+@prune_options
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Official checkpoint (.pth/.safetensors); default: seeded random weights.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@click.option("-o", "--output", type=click.Path(), default="pruning.png", show_default=True,
+              help="PNG to write.")
+def visualize(model, image, preset, keep_ratio, prune_after, importance, alignment, checkpoint,
+              seed, img_size, output):
+    """Draw IMAGE with the pruned patches dimmed at each pruning stage, side by side.
+
+    Without IMAGE it uses a real photo shipped with scikit-image.
+    """
+    from ssmprune.images import load_image, preprocess, resize_crop, sample_photo
+    from ssmprune.predict import build_model
+    from ssmprune.visualize import kept_masks, render, save_png, stage_labels
+
+    prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
+    net, weights = build_model(model, checkpoint, seed, prune=prune, **_overrides(img_size))
+    cfg = net.config
+    img = load_image(image) if image else sample_photo()
+    crop = resize_crop(img, cfg.img_size)
+    x = preprocess(crop, cfg.img_size, cfg.mean, cfg.std, resize=False)[None]
+    masks = kept_masks(net, x)
+    path = save_png(render(crop, masks, stage_labels(net, masks)), output)
+    click.echo(f"{model}: {weights}")
+    click.echo(f"wrote {path}: input and {len(masks)} pruning stage(s)")
 
 
 if __name__ == "__main__":

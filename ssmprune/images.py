@@ -41,20 +41,25 @@ def sample_photo(name: str = "chelsea") -> Image.Image:
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
+def resize_crop(img: Image.Image, img_size: int) -> Image.Image:
+    """Resize the shorter side to img_size / 0.875 (bicubic), centre-crop img_size."""
+    short = round(img_size / CROP_PCT)
+    w, h = img.size
+    scale = short / min(w, h)
+    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))),
+                     Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - img_size) // 2, (h - img_size) // 2
+    return img.crop((left, top, left + img_size, top + img_size))
+
+
 def preprocess(img: Image.Image, img_size: int, mean, std, resize: bool = True) -> Tensor:
     """PIL RGB image -> (3, img_size, img_size) fp32, normalised.
 
     With ``resize=False`` the image must already be img_size x img_size.
     """
     if resize:
-        short = round(img_size / CROP_PCT)
-        w, h = img.size
-        scale = short / min(w, h)
-        img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))),
-                         Image.BICUBIC)
-        w, h = img.size
-        left, top = (w - img_size) // 2, (h - img_size) // 2
-        img = img.crop((left, top, left + img_size, top + img_size))
+        img = resize_crop(img, img_size)
     elif img.size != (img_size, img_size):
         raise InputShapeError(
             f"image is {img.size[0]}x{img.size[1]} but the model takes "

@@ -19,9 +19,13 @@ def describe(model: nn.Module) -> dict[str, Any]:
         "gflops": round(flops / 1e9, 4),
         "tokens_per_block": model.tokens_per_block(),
         "input_shape": list(model.input_shape()),
-        "config": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(model.config).items()},
+        "config": _plain(dataclasses.asdict(model.config)),
+        "prune": _plain(dataclasses.asdict(model.prune)) if getattr(model, "prune", None) else None,
     }
+
+
+def _plain(d: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 def compress_runs(values: list[int]) -> str:

@@ -251,6 +251,15 @@ class VisionMamba(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
 
+    def grid_shape(self) -> tuple[int, int]:
+        """Patch grid (rows, columns)."""
+        return (self.config.grid, self.config.grid)
+
+    def grid_index(self, positions: Tensor) -> Tensor:
+        """Original token positions (b k) -> raster patch indices, -1 for the class token."""
+        cls = self.cls_position
+        return torch.where(positions == cls, -1, positions - (positions > cls).long())
+
     def tokens_per_block(self) -> list[int]:
         """Tokens entering each block (fewer after each pruning point)."""
         return list(self.schedule)

@@ -87,9 +87,8 @@ def kept_tokens(tokens: int, ratio: float, has_cls: bool) -> int:
     """Token count after one pruning point (see the module docstring)."""
     if has_cls:
         k = math.ceil((tokens - 1) * ratio - 1e-9)
-        if k % 2 == 0:
+        if k % 2 == 0:  # never past `tokens`: k = tokens - 1 even means tokens odd
             k += 1
-        k = min(k, tokens)
     else:
         k = math.ceil(tokens * ratio - 1e-9)
     if k < MIN_TOKENS:
