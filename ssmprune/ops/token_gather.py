@@ -91,3 +91,26 @@ def _(scores, positions, tensors, k, protect=-1, insert_at=0):
     b = scores.shape[0]
     return [positions.new_empty(b, kept)] + [t.new_empty((b, kept) + tuple(t.shape[2:]))
                                              for t in tensors]
+
+
+def _gather_setup_context(ctx, inputs, output):
+    scores, positions, tensors, k, protect, insert_at = inputs
+    ctx.idx = kept_indices(scores, k, protect, insert_at)
+    ctx.shapes = [t.shape for t in tensors]
+
+
+def _gather_backward(ctx, grad_outputs):
+    """Gradients flow to the gathered tensors (scattered back); the selection
+    itself (scores, positions) is not differentiable."""
+    grads = []
+    for shape, g in zip(ctx.shapes, grad_outputs[1:]):
+        if g is None:
+            grads.append(None)
+            continue
+        full = g.new_zeros(shape)
+        index = ctx.idx.reshape(ctx.idx.shape + (1,) * (g.dim() - 2)).expand(g.shape)
+        grads.append(full.scatter(1, index, g))
+    return None, None, grads, None, None, None
+
+
+token_gather.register_autograd(_gather_backward, setup_context=_gather_setup_context)

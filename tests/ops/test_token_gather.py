@@ -87,3 +87,11 @@ def test_op_registration_and_fake():
 def test_bad_arguments(k, protect, insert_at, message):
     with pytest.raises(ValueError, match=message):
         token_gather_ref(torch.randn(1, 7), torch.arange(7)[None], [], k, protect, insert_at)
+
+
+def test_gradient_scatters_back_to_kept_tokens():
+    scores = torch.tensor([[0.9, 0.1, -5.0, 0.5, 0.7]])
+    x = torch.randn(1, 5, 2, requires_grad=True)
+    _, y = token_gather(scores, torch.arange(5)[None], [x], 2, 2, 1)
+    y.sum().backward()
+    assert x.grad[0, :, 0].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
