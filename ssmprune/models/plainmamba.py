@@ -24,7 +24,10 @@ trained with them:
        (plain_mamba_layer.py lines 301-315).
     2. The dt_proj bias is added twice: once by ``dt_proj(dt)`` and again as
        the scan's ``delta_bias`` (plain_mamba_layer.py lines 292 and 312), so
-       delta = softplus(W dt + 2 b).
+       delta = softplus(W dt + 2 b). Here the scan gets ``W dt`` and
+       ``delta_bias = 2 b``: the same sum, and the alignment's default step
+       ``softplus(delta_bias) = softplus(2 b)`` is then the step of a token
+       with zero input, as it is for a model without the quirk.
     3. Two LayerNorm epsilons: 1e-5 inside the layers (plain nn.LayerNorm,
        plain_mamba_layer.py line 341), 1e-6 for the final ``ln1``
        (mmcls ``norm_cfg``, plain_mamba.py line 97).
@@ -41,9 +44,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssmprune.errors import ConfigError, InputShapeError
-from ssmprune.pruning.config import PruneConfig
 from ssmprune.models.registry import register_family, register_model
 from ssmprune.ops.selective_scan import selective_scan
+from ssmprune.ops.token_gather import token_gather
+from ssmprune.pruning.config import PruneConfig, register_preset
+from ssmprune.pruning.importance import token_importance
+from ssmprune.pruning.plainmamba_tokens import (
+    TokenScans,
+    dense_scans,
+    grid_to_tokens,
+    restrict_scans,
+    tokens_to_grid,
+)
 
 STEM_WIDTH = 64
 STEM_STRIDE = 2
@@ -261,55 +273,63 @@ class PlainMamba2D(nn.Module):
             return ZigzagOrders(self.scan_orders, self.scan_inverse, self.scan_directions)
         return zigzag_orders(*hw_shape, device=self.A_log.device)
 
-    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """x: (b, l, c) fp32 in raster order over ``hw_shape``; returns (b, l, c)."""
-        return self.out_proj(self.gated_scan(x, hw_shape))
+    def forward(self, x: Tensor, hw_shape: tuple[int, int],
+                scans: Optional[TokenScans] = None) -> Tensor:
+        """x: (b, m, c) fp32 tokens of ``hw_shape``; returns (b, m, c).
 
-    def gated_scan(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """The mixer output before ``out_proj``: sum_k(y_k) * silu(z), (b, l, e).
-
-        This is the tensor the importance score ``S_m`` is computed on.
+        Without ``scans`` the tokens are the whole grid (m = h * w) in raster
+        order; with them, the kept tokens that ``scans`` describes.
         """
-        b, l, _ = x.shape
-        h, w = hw_shape
-        e, n, r = self.d_inner, self.d_state, self.dt_rank
+        return self.out_proj(self.gated_scan(x, hw_shape, scans))
+
+    def gated_scan(self, x: Tensor, hw_shape: tuple[int, int],
+                   scans: Optional[TokenScans] = None) -> Tensor:
+        """The mixer output before ``out_proj``: sum_k(y_k) * silu(z), (b, m, e).
+
+        This is the tensor the importance score ``S_m`` is computed on. Pruned
+        positions are zeros for the depthwise conv (it sees the whole grid).
+        """
+        b = x.shape[0]
+        n, r = self.d_state, self.dt_rank
+        if scans is None:
+            scan = self.zigzag(hw_shape)
+            scans = dense_scans(scan.orders, scan.inverse, scan.directions, b)
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv2d(u.transpose(1, 2).reshape(b, e, h, w))).flatten(2)
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([r, n, n], dim=-1)
-        # dt_proj keeps its bias here although the scan adds it again (quirk 2).
-        delta = self.dt_proj(dt).transpose(1, 2)
-        y = self._directional_scans(u, delta, B.transpose(1, 2), C.transpose(1, 2),
-                                    self.zigzag(hw_shape))
+        grid = self.conv2d(tokens_to_grid(u, scans.positions, hw_shape))
+        u = F.silu(grid_to_tokens(grid, scans.positions))  # (b, m, e)
+        dt, B, C = self.x_proj(u).split([r, n, n], dim=-1)
+        # Quirk 2: dt_proj's bias goes twice into the step; the op adds both.
+        delta = F.linear(dt, self.dt_proj.weight)
+        y = self._directional_scans(u.transpose(1, 2), delta.transpose(1, 2),
+                                    B.transpose(1, 2), C.transpose(1, 2), scans)
         return y.transpose(1, 2) * F.silu(z)
 
     def _directional_scans(self, u: Tensor, delta: Tensor, B: Tensor, C: Tensor,
-                           scan: ZigzagOrders) -> Tensor:
-        """Sum of the four directional scans, back in raster order.
+                           scans: TokenScans) -> Tensor:
+        """Sum of the four directional scans, back in (kept) raster order.
 
-        u, delta: (b, e, l) raster; B, C: (b, n, l) raster. Returns (b, e, l).
+        u, delta: (b, e, m) raster; B, C: (b, n, m) raster. Returns (b, e, m).
         The four directions run as one scan call over a (k * b) batch.
         """
-        b, e, l = u.shape
-        k = scan.orders.shape[0]
+        k, b, m = scans.orders.shape
+        e = u.shape[1]
         # Quirk 1: u is permuted into each scan order, delta/B/C are not, and
         # the direction rows are added by scan position.
-        u_k = u[:, :, scan.orders].permute(2, 0, 1, 3).reshape(k * b, e, l)
-        dir_B = self.direction_Bs[scan.directions].transpose(1, 2)  # (k, n, l)
-        B_k = (B[None] + dir_B[:, None]).reshape(k * b, -1, l)
+        u_k = u.expand(k, b, e, m).gather(3, scans.orders[:, :, None].expand(k, b, e, m))
+        dir_B = self.direction_Bs[scans.directions].transpose(2, 3)  # (k, b, n, m)
         y = selective_scan(
-            u_k.contiguous(),
+            u_k.reshape(k * b, e, m),
             delta.repeat(k, 1, 1),
             -torch.exp(self.A_log),
-            B_k.contiguous(),
+            (B + dir_B).reshape(k * b, -1, m),
             C.repeat(k, 1, 1),
             self.D,
             None,
-            self.dt_proj.bias,
-            None,
+            2 * self.dt_proj.bias,
+            None if scans.gaps is None else scans.gaps.reshape(k * b, m),
             True,
-        ).view(k, b, e, l)
-        index = scan.inverse[:, None, None, :].expand(k, b, e, l)
-        return torch.gather(y, 3, index).sum(0)
+        ).view(k, b, e, m)
+        return y.gather(3, scans.inverse[:, :, None].expand(k, b, e, m)).sum(0)
 
 
 class PlainMambaLayer(nn.Module):
@@ -333,14 +353,26 @@ class PlainMambaLayer(nn.Module):
         self.mamba = PlainMamba2D(c, config.d_state, config.expand, config.conv_size,
                                   config.grid)
 
-    def forward(self, x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
-        """x: (b, l, c) fp32 in raster order over ``hw_shape``; returns (b, l, c)."""
-        x = x + self.mamba(self.norm(x), hw_shape)
+    def forward(self, x: Tensor, hw_shape: tuple[int, int],
+                scans: Optional[TokenScans] = None) -> Tensor:
+        """x: (b, m, c) fp32 tokens of ``hw_shape`` (see ``PlainMamba2D.forward``)."""
+        return self.mixed(x, hw_shape, scans)[0]
+
+    def mixed(self, x: Tensor, hw_shape: tuple[int, int],
+              scans: Optional[TokenScans] = None) -> tuple[Tensor, Tensor]:
+        """The layer output (b, m, c) and the mixer's pre-out_proj output (b, m, e)
+        that pruning scores.
+
+        The dw block, like the mixer's conv, sees the tokens on the whole grid
+        with zeros at pruned positions. It only follows layer 0, before any
+        pruning point (the first is after layer 1), so it always sees all tokens.
+        """
+        y = self.mamba.gated_scan(self.norm(x), hw_shape, scans)
+        x = x + self.mamba.out_proj(y)
         if self.dw is not None:
-            b, l, c = x.shape
-            grid = x.transpose(1, 2).reshape(b, c, *hw_shape)
-            x = self.dw(grid).flatten(2).transpose(1, 2)
-        return x
+            positions = None if scans is None else scans.positions
+            x = grid_to_tokens(self.dw(tokens_to_grid(x, positions, hw_shape)), positions)
+        return x, y
 
 
 class PlainMamba(nn.Module):
@@ -351,10 +383,12 @@ class PlainMamba(nn.Module):
 
     def __init__(self, config: PlainMambaConfig, prune: PruneConfig | None = None):
         super().__init__()
-        if prune is not None:
-            raise ConfigError("plainmamba: token pruning is not implemented yet")
         config.validate()
         self.config = config
+        self.prune = prune
+        # Static token counts per layer: K = ceil(N * r) at each pruning point.
+        self.schedule = (prune.token_schedule(config.num_tokens, config.depth, has_cls=False)
+                         if prune else [config.num_tokens] * config.depth)
         c = config.embed_dim
         self.patch_embed = ConvPatchEmbed(config.in_chans, c, config.stem_convs)
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, c))
@@ -372,13 +406,27 @@ class PlainMamba(nn.Module):
         return cfg.in_chans, cfg.img_size, cfg.img_size
 
     def tokens_per_block(self) -> list[int]:
-        """Tokens entering each layer; every layer sees all h * w tokens."""
-        return [self.config.num_tokens] * self.config.depth
+        """Tokens entering each layer (h * w, fewer after each pruning point)."""
+        return list(self.schedule)
+
+    def grid_shape(self) -> tuple[int, int]:
+        """Token grid (rows, columns)."""
+        return self.config.grid
+
+    def grid_index(self, positions: Tensor) -> Tensor:
+        """Kept token positions (b, m) -> raster grid indices: the same, as
+        PlainMamba has no class token."""
+        return positions
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (b, in_chans, img_size, img_size) fp32 -> logits (b, num_classes) fp32.
 
-        Raises ``InputShapeError`` for any other shape.
+        When pruned, after each pruning layer the tokens are scored from that
+        layer's mixer output before ``out_proj``, each sample keeps its top
+        ones in raster order (``token_gather``), and the following layers scan
+        only those (``restrict_scans``: restricted zig-zag orders, direction
+        codes and, with ``alignment="gap"``, gaps). The readout averages the
+        kept tokens. Raises ``InputShapeError`` for any other input shape.
         """
         expected = self.input_shape()
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
@@ -388,8 +436,18 @@ class PlainMamba(nn.Module):
             )
         x, hw_shape = self.patch_embed(x)
         x = x + self.pos_embed
-        for layer in self.layers:
-            x = layer(x, hw_shape)
+        points = set(self.prune.prune_after) if self.prune else set()
+        positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        scans = None
+        for i, layer in enumerate(self.layers):
+            x, y = layer.mixed(x, hw_shape, scans)
+            if i + 1 not in points:
+                continue
+            scores = token_importance(y, self.prune.importance)
+            positions, x = token_gather(scores, positions, [x], self.schedule[i + 1])
+            full = self.layers[i + 1].mamba.zigzag(hw_shape)
+            scans = restrict_scans(positions, full.inverse, full.directions,
+                                   with_gaps=self.prune.alignment == "gap")
         # The official neck (CustomAveragePooling) averages the ln1 output over tokens.
         return self.head(self.ln1(x).mean(dim=1))
 
@@ -405,6 +463,10 @@ class PlainMamba(nn.Module):
         (which misses the scan, a function call) plus ``get_ssm_flops``;
         mmcv also counts BN, LayerNorm, ReLU and conv-bias element-wise terms,
         under 0.5 % of the total, which this count leaves out.
+
+        Each layer counts the tokens it keeps (``tokens_per_block``), the
+        depthwise conv2d included: a kept token's output needs its conv taps
+        only, although the reference computes the conv on the whole grid.
         """
         cfg = self.config
         c, e, n, r = cfg.embed_dim, cfg.d_inner, cfg.d_state, cfg.dt_rank
@@ -480,3 +542,19 @@ register_model(
     "50.51 M backbone params, 14.4 GFLOPs, 82.3 % ImageNet top-1",
     embed_dim=448, depth=36, stem_convs=2, dw_after_first_layer=False,
 )
+
+# ToP presets. The paper publishes no PlainMamba schedule, only L3's FLOPs
+# reduction, 41.6 % (PAPER.md). Blocks: the relative depths of vim_s_paper
+# (after 5/24, 10/24 and 15/24 of the depth, rounded half up): 5, 10, 15 for
+# the 24 layers of L1 and L2, 8, 15, 23 for the 36 of L3 (7.5 -> 8, 22.5 -> 23).
+# Ratio: the keep ratio on a 0.01 grid whose plainmamba_l3 reduction
+# 1 - pruned.flops() / dense.flops() is nearest 41.6 %: r = 0.64 gives
+# 196 -> 126 -> 81 -> 52 tokens, 8.37 of 14.43 GFLOPs, 42.0 % fewer
+# (r = 0.65: 41.0 %; r = 0.63: 42.7 %). L1 and L2 use the same r, which gives
+# them 35.7 % (1.94 of 3.01 G) and 39.3 % (4.90 of 8.07 G) fewer FLOPs: the
+# patch embedding, which pruning does not touch, is 24 % of L1's FLOPs and
+# 17 % of L2's but 10 % of L3's.
+PAPER_KEEP_RATIO = 0.64
+register_preset("plainmamba_l1_paper", "plainmamba_l1", PruneConfig(PAPER_KEEP_RATIO, (5, 10, 15)))
+register_preset("plainmamba_l2_paper", "plainmamba_l2", PruneConfig(PAPER_KEEP_RATIO, (5, 10, 15)))
+register_preset("plainmamba_l3_paper", "plainmamba_l3", PruneConfig(PAPER_KEEP_RATIO, (8, 15, 23)))

@@ -1,6 +1,6 @@
-"""The fused CPU selective scan (csrc/selective_scan.c), built on first use.
+"""The fused CPU selective scan (csrc/*.c: forward and backward), built on first use.
 
-The C file has no Python or torch headers, so it compiles in about a second
+The C files have no Python or torch headers, so it compiles in about a second
 with the system C compiler and loads through ctypes; nothing needs building at
 install time. The shared library is cached per source, flags and CPU (it is
 built with -march=native), written to a temporary file and renamed into place.
@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "selective_scan.c"
+SOURCES = [Path(__file__).with_name("csrc") / name
+           for name in ("selective_scan.c", "selective_scan_bwd.c")]
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 MAX_STATE = 64  # the C kernel's per-channel state buffer
 
@@ -46,8 +47,8 @@ def _cpu_signature() -> str:
 
 def _library_path(compiler: str) -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), compiler.encode(),
-                 _cpu_signature().encode()):
+    for part in (*(src.read_bytes() for src in SOURCES), " ".join(CFLAGS).encode(),
+                 compiler.encode(), _cpu_signature().encode()):
         key.update(part)
     return cache_dir() / f"selective_scan_{key.hexdigest()[:16]}.so"
 
@@ -57,7 +58,7 @@ def _build(target: Path, compiler: str) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"],
+        subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"],
                        check=True, capture_output=True, text=True)
         os.replace(tmp, target)
     finally:
@@ -89,6 +90,9 @@ def load() -> Optional[ctypes.CDLL]:
     fn.restype = None
     fn.argtypes = ([ctypes.c_void_p] * 10 + [ctypes.c_int64] * 4
                    + [ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.c_int])
+    bwd = lib.ssmprune_selective_scan_bwd_f32
+    bwd.restype = ctypes.c_int
+    bwd.argtypes = [ctypes.c_void_p] * 18 + [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -133,3 +137,45 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap
         (ctypes.c_int64 * 12)(*strides), int(delta_softplus), torch.get_num_threads(),
     )
     return y.to(u.dtype)
+
+
+BLOCK = 16  # channels per task in the C kernels
+
+
+def selective_scan_fused_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                                  gap=None, delta_softplus=False):
+    """Gradients of the scan through the C backward kernel.
+
+    Same inputs as ``selective_scan_fused`` plus grad_out (b d l). Returns the
+    gradients of (u, delta, A, B, C, D, z, delta_bias), each fp32 with its
+    input's shape (None for an input that is None).
+    """
+    if not supports(u, A):
+        raise RuntimeError("the fused CPU scan kernel is not available here")
+    lib = load()
+    b, d, l = u.shape
+    n = A.shape[1]
+    nblocks = -(-d // BLOCK)
+
+    def flat(t):
+        return None if t is None else t.float().contiguous()
+
+    u32, delta32, z32, gy = flat(u), flat(delta), flat(z), flat(grad_out)
+    A_t = A.float().t().contiguous()
+    B32, C32, D32, bias32, gap32 = flat(B), flat(C), flat(D), flat(delta_bias), flat(gap)
+    gu, gdelta = torch.empty_like(u32), torch.empty_like(u32)
+    gz = torch.empty_like(u32) if z is not None else None
+    gA_part = torch.empty(b, d, n)
+    gD_part, gbias_part = torch.empty(b, d), torch.empty(b, d)
+    gB_part, gC_part = torch.empty(nblocks, b, n, l), torch.empty(nblocks, b, n, l)
+    status = lib.ssmprune_selective_scan_bwd_f32(
+        _ptr(u32), _ptr(delta32), _ptr(A_t), _ptr(B32), _ptr(C32), _ptr(D32), _ptr(z32),
+        _ptr(bias32), _ptr(gap32), _ptr(gy), _ptr(gu), _ptr(gdelta), _ptr(gz),
+        _ptr(gA_part), _ptr(gD_part), _ptr(gbias_part), _ptr(gB_part), _ptr(gC_part),
+        b, d, l, n, int(delta_softplus), torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("selective scan backward: out of memory for the state buffer")
+    return (gu, gdelta, gA_part.sum(0), gB_part.sum(0), gC_part.sum(0),
+            gD_part.sum(0) if D is not None else None, gz,
+            gbias_part.sum(0) if delta_bias is not None else None)

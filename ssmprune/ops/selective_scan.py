@@ -233,13 +233,15 @@ def _scan_setup_context(ctx, inputs, output):
 
 
 def _scan_backward(ctx, grad_out):
-    """Gradients by differentiating the chunked PyTorch form on the saved inputs.
-
-    The forward runs the fused kernel; recomputing through the chunked form
-    (same contract, vectorised) keeps training code free of a hand-written
-    backward kernel. ``gap`` is an integer input and gets no gradient.
+    """Gradients from the fused C backward kernel where it runs, else by
+    differentiating the chunked PyTorch form on the saved inputs. ``gap`` is an
+    integer input and gets no gradient.
     """
     saved = ctx.saved_tensors
+    if cpu_kernel.supports(saved[0], saved[2]):
+        grads = cpu_kernel.selective_scan_fused_backward(grad_out, *saved, ctx.delta_softplus)
+        return (*(g.to(t.dtype) if g is not None and need else None
+                  for g, t, need in zip(grads, saved, ctx.needs_input_grad)), None, None)
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(t.is_floating_point() and need)
                   if t is not None else None

@@ -137,3 +137,24 @@ def test_gradients_match_the_oracle():
         grads[impl] = {n: leaves[n].grad for n in names}
     for n in names:
         assert max_rel_error(grads[selective_scan][n], grads[selective_scan_ref][n]) <= 1e-4, n
+
+
+@pytest.mark.parametrize("flag", [
+    dict(),
+    dict(with_z=False, with_gap=False),
+    dict(with_d=False, with_bias=False, softplus=False),
+])
+def test_fused_backward_matches_autograd_of_oracle(flag):
+    if cpu_kernel.load() is None:
+        pytest.skip("no C compiler: the fused kernel is not built")
+    kw = make_inputs(3, 37, 29, 16, seed=7, **flag)
+    names = [n for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+             if kw[n] is not None]
+    leaves = {n: kw[n].clone().requires_grad_(True) for n in names}
+    out = selective_scan_ref(**{**kw, **leaves})
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    want = torch.autograd.grad(out, [leaves[n] for n in names], grad_out)
+    got = cpu_kernel.selective_scan_fused_backward(grad_out, **kw)
+    got = dict(zip(("u", "delta", "A", "B", "C", "D", "z", "delta_bias"), got))
+    for n, w in zip(names, want):
+        assert max_rel_error(got[n], w) <= 1e-4, n
