@@ -35,11 +35,15 @@ class SummaryGroup(click.Group):
             result = super().invoke(ctx)
             status = "PASSED"
             return result
+        except click.exceptions.Exit as done:
+            # --help and --version end through Exit(0): nothing ran, no summary.
+            status = "PASSED" if done.exit_code else None
+            raise
         except SsmpruneError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(USER_ERROR_EXIT)
         finally:
-            if ctx.invoked_subcommand is not None:
+            if ctx.invoked_subcommand is not None and status is not None:
                 click.echo(f"{status} | Runtime: {time.perf_counter() - start:.1f}s | "
                            f"Command: {command}", err=True)
 

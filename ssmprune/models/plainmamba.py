@@ -6,10 +6,16 @@ official checkpoint loads after renaming its keys with
 ``PlainMamba.from_official_state_dict``. The CUDA ``selective_scan_fn`` of
 mamba_ssm is replaced by our op ``ssmprune::selective_scan``.
 
+With a ``PruneConfig`` the model prunes tokens as ToP does (PAPER.md): each
+sample keeps its own tokens, and later layers run on those only, with the
+zig-zag scans restricted to them (``ssmprune.pruning.plainmamba_tokens``).
+Presets for the paper's FLOPs budget are registered at the bottom.
+
 Dimension glossary:
     b     batch
     h, w  token grid, img_size / 16 each (14 x 14 at 224 px)
     l     tokens, h * w, in raster (row-major) order unless said otherwise
+    m     tokens a layer sees: l, or the kept ones (raster order) after pruning
     c     embed_dim, the model width (d_model)
     e     d_inner = expand * c (E in the paper)
     n     d_state (N in the paper)
@@ -298,7 +304,9 @@ class PlainMamba2D(nn.Module):
         grid = self.conv2d(tokens_to_grid(u, scans.positions, hw_shape))
         u = F.silu(grid_to_tokens(grid, scans.positions))  # (b, m, e)
         dt, B, C = self.x_proj(u).split([r, n, n], dim=-1)
-        # Quirk 2: dt_proj's bias goes twice into the step; the op adds both.
+        # Quirk 2: the step is softplus(W dt + 2 b). The op gets W dt and
+        # delta_bias = 2 b (same sum), so its default step for pruned positions,
+        # softplus(delta_bias) = softplus(2 b), is the step of a zero-input token.
         delta = F.linear(dt, self.dt_proj.weight)
         y = self._directional_scans(u.transpose(1, 2), delta.transpose(1, 2),
                                     B.transpose(1, 2), C.transpose(1, 2), scans)
@@ -314,7 +322,7 @@ class PlainMamba2D(nn.Module):
         k, b, m = scans.orders.shape
         e = u.shape[1]
         # Quirk 1: u is permuted into each scan order, delta/B/C are not, and
-        # the direction rows are added by scan position.
+        # the direction rows are added by scan position (among the kept tokens).
         u_k = u.expand(k, b, e, m).gather(3, scans.orders[:, :, None].expand(k, b, e, m))
         dir_B = self.direction_Bs[scans.directions].transpose(2, 3)  # (k, b, n, m)
         y = selective_scan(
@@ -325,7 +333,7 @@ class PlainMamba2D(nn.Module):
             C.repeat(k, 1, 1),
             self.D,
             None,
-            2 * self.dt_proj.bias,
+            2 * self.dt_proj.bias,  # quirk 2, see gated_scan
             None if scans.gaps is None else scans.gaps.reshape(k * b, m),
             True,
         ).view(k, b, e, m)

@@ -97,11 +97,9 @@ def kept_tokens(tokens: int, ratio: float, has_cls: bool) -> int:
     return k
 
 
-# Presets. Vim: the released ToP-ViM schedules. PlainMamba: the paper gives no
-# schedule, only L3's 41.6 % FLOPs reduction; these prune at the same relative
-# depths as vim_s_paper (after 5/24, 10/24 and 15/24 of the blocks), with the
-# one ratio that brings plainmamba_l3 to that reduction (scripts/plainmamba_presets.py
-# derives it) and the same ratio for L1 and L2.
+# Presets. Vim: the released ToP-ViM schedules. PlainMamba's presets are
+# registered next to the model (ssmprune/models/plainmamba.py), where the
+# comment above them derives the keep ratio from L3's 41.6 % FLOPs reduction.
 PRESETS: dict[str, tuple[str, PruneConfig]] = {
     "vim_t_paper": ("vim_t", PruneConfig(0.8, (10, 20))),
     "vim_s_paper": ("vim_s", PruneConfig(0.8, (5, 10, 15))),

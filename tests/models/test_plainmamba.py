@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmprune.errors import CheckpointError, ConfigError, InputShapeError
-from ssmprune.models import load_checkpoint
+from ssmprune.models import load_checkpoint, plainmamba
 from ssmprune.models.plainmamba import (
     PlainMamba,
     PlainMamba2D,
@@ -154,7 +154,10 @@ def test_flops_match_a_hook_count_of_the_forward():
     cfg = model.config
     e, n, l = cfg.d_inner, cfg.d_state, cfg.num_tokens
     ssm = (9 * e * n * l * 4 + e * l * 4) * cfg.depth
-    assert model.flops() == sum(macs) + ssm
+    # dt_proj runs as F.linear on its weight (its bias goes into the scan), so
+    # no hook sees it: count it by hand.
+    dt_proj = l * cfg.dt_rank * e * cfg.depth
+    assert model.flops() == sum(macs) + ssm + dt_proj
 
 
 def test_flops_scan_term_follows_official_counter():
@@ -218,6 +221,29 @@ def test_permuting_delta_B_C_would_change_the_output(hw):
         got = mixer(x, hw)
         natural = reference_mixer(mixer, x, hw, **HAND_ZIGZAG[hw], permute_all=True)
     assert (got - natural).abs().max() > 0.1 * got.abs().max()
+
+
+def test_scan_gets_the_doubled_dt_bias_as_delta_bias(monkeypatch):
+    # Quirk 2: delta = softplus(W dt + 2 b). The op gets W dt and delta_bias = 2 b,
+    # so its default step for pruned tokens, softplus(delta_bias), is softplus(2 b).
+    mixer = PlainMamba2D(16, d_state=8, expand=2, conv_size=7, default_hw_shape=(4, 4))
+    _perturb(mixer)
+    with torch.no_grad():
+        mixer.x_proj.weight[:mixer.dt_rank].zero_()  # dt = 0, so W dt = 0
+    calls = []
+    real = plainmamba.selective_scan
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(plainmamba, "selective_scan", spy)
+    with torch.no_grad():
+        mixer(torch.randn(2, 16, 16), (4, 4))
+    (u, delta, A, B, C, D, z, delta_bias, gap, softplus), = calls
+    assert torch.equal(delta_bias, 2 * mixer.dt_proj.bias)
+    assert delta.shape == (4 * 2, 32, 16) and not delta.any()
+    assert gap is None and softplus
 
 
 def test_mixer_on_default_grid_uses_the_same_orders():
