@@ -50,12 +50,14 @@ def kept_indices(scores: Tensor, k: int, protect: int, insert_at: int) -> Tensor
     """(b m) scores -> (b k') int64 input indices of the kept tokens, in output order."""
     s = scores.float()
     if protect >= 0:
-        s = s.clone()
-        s[:, protect] = float("-inf")
+        # Rank the free tokens only: a sentinel score for the protected one
+        # could tie with free tokens scoring -inf.
+        s = torch.cat((s[:, :protect], s[:, protect + 1:]), dim=1)
     # A stable sort makes ties deterministic (earlier token first), unlike topk.
     order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
     idx = torch.sort(order, dim=1).values
     if protect >= 0:
+        idx = idx + (idx >= protect).long()
         cls = idx.new_full((idx.shape[0], 1), protect)
         idx = torch.cat((idx[:, :insert_at], cls, idx[:, insert_at:]), dim=1)
     return idx

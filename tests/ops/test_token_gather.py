@@ -95,3 +95,9 @@ def test_gradient_scatters_back_to_kept_tokens():
     _, y = token_gather(scores, torch.arange(5)[None], [x], 2, 2, 1)
     y.sum().backward()
     assert x.grad[0, :, 0].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_free_tokens_scoring_minus_infinity_never_duplicate_the_protected_one():
+    scores = torch.tensor([[1.0, 5.0, float("-inf"), float("-inf")]])
+    pos, = token_gather(scores, torch.arange(4)[None], [], 3, 1, 1)
+    assert pos.tolist() == [[0, 1, 2, 3]]
