@@ -240,5 +240,111 @@ def visualize(model, image, preset, keep_ratio, prune_after, importance, alignme
     click.echo(f"wrote {path}: input and {len(masks)} pruning stage(s)")
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
+              help="Directory to write model.onnx and manifest.json into.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="Official checkpoint (.pth/.safetensors); default: seeded random weights.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@prune_options
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the exported graph.")
+@click.option("--flavor", type=click.Choice(["plugins", "standard"]), default="plugins",
+              show_default=True,
+              help="plugins: ssmprune:: custom nodes with standard-op bodies; "
+                   "standard: bodies inlined, no custom domain.")
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18-23).")
+def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_ratio, prune_after,
+                   importance, alignment, batch, dtype, flavor, opset):
+    """Export MODEL (dense or pruned) to ONNX: DIR/model.onnx and DIR/manifest.json.
+
+    torch.export at a static input shape and batch, then ONNX through
+    torch.onnx (dynamo) with the scan and the gather as ssmprune:: nodes that
+    carry standard-op bodies, so ONNX Runtime runs the file as it is. Files
+    are written atomically; on failure nothing is left behind.
+    """
+    from ssmprune.exporter import ExportOptions
+    from ssmprune.exporter import export as export_model
+    from ssmprune.exporter.progress import RichSteps
+
+    prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
+    options = ExportOptions(model, checkpoint, seed, prune, _overrides(img_size), batch, dtype,
+                            flavor, opset)
+    result = export_model(options, out_dir, RichSteps())
+    m = result.manifest
+    growth = result.file_bytes / result.weight_bytes - 1 if result.weight_bytes else 0.0
+    pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
+    click.echo(f"wrote {result.directory / 'model.onnx'} ({_megabytes(result.file_bytes)}; fp32 "
+               f"weights {_megabytes(result.weight_bytes)}, {growth:+.1%}) and manifest.json")
+    click.echo(f"{m.model} {pruned}, input {'x'.join(map(str, m.input['shape']))}, "
+               f"{m.precision}, flavor {m.flavor}, opset {m.opset}")
+    custom = ", ".join(f"{k} {v}" for k, v in result.custom_nodes.items()) or "none"
+    click.echo(f"custom nodes: {custom}")
+    click.echo("nodes by op type: " + ", ".join(f"{k} {v}" for k, v in result.op_counts.items()))
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.step_seconds.items())
+    click.echo(f"export time {result.seconds:.1f}s ({steps})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path())
+@click.option("--images", multiple=True, type=click.Path(),
+              help="Image file or directory, repeatable; default: scikit-image's sample photos.")
+@click.option("--runtimes", default="torch,onnxrt", show_default=True,
+              help="Comma-separated runtimes; the first is the reference.")
+@click.option("--samples", type=int, default=16, show_default=True,
+              help="Inputs to compare: photos and seeded random images.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="The export's checkpoint, if it moved (same sha256 required).")
+@click.option("--batch", type=int, default=None,
+              help="Batch to run; must be the one DIRECTORY was exported for.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def parity(directory, images, runtimes, samples, checkpoint, batch, as_json):
+    """Compare PyTorch and ONNX Runtime on the export in DIRECTORY (Polygraphy's comparator).
+
+    Reports per output the max/mean absolute and max relative error and
+    top-1 agreement against the first runtime, and fails (exit 2) when a
+    tolerance of the precision's table is exceeded.
+    """
+    from ssmprune.parity.compare import run_parity
+    from ssmprune.parity.tolerances import ToleranceError
+
+    names = tuple(r.strip() for r in runtimes.split(",") if r.strip())
+    report = run_parity(directory, images, names, samples, checkpoint, batch)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"{report.inputs.get('real', 0)} real and {report.inputs.get('random', 0)} "
+                   f"random inputs, batch {report.batch}, {report.precision}")
+        click.echo(f"{'runtime':<10} {'output':<10} {'max_abs':>10} {'mean_abs':>10} "
+                   f"{'max_rel':>10} {'top1':>7}  tolerance")
+        for c in report.comparisons:
+            click.echo(f"{c.runtime:<10} {c.output:<10} {c.max_abs:>10.3g} {c.mean_abs:>10.3g} "
+                       f"{c.max_rel:>10.3g} {c.top1_agreement:>7.1%}  {c.tolerance} "
+                       f"[{'ok' if c.passed else 'EXCEEDED'}] vs {c.reference}")
+    if not report.passed:
+        failed = [c for c in report.comparisons if not c.passed]
+        raise ToleranceError("; ".join(
+            f"{c.runtime} {c.output}: max_rel {c.max_rel:.3g}, top-1 {c.top1_agreement:.1%} "
+            f"(needs {c.tolerance})" for c in failed))
+
+
+def _register_command_modules() -> None:
+    """Commands kept in their own modules (engine, calibration) join the group."""
+    from ssmprune import commands_calibrate, commands_engine
+
+    commands_engine.register(main)
+    commands_calibrate.register(main)
+
+
+_register_command_modules()
+
+
 if __name__ == "__main__":
     main()

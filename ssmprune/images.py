@@ -18,7 +18,9 @@ from torch import Tensor
 from ssmprune.errors import BadInputFileError, InputShapeError
 
 CROP_PCT = 0.875
-SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "motorcycle_left")
+# Colour photos scikit-image ships (no download); stereo_motorcycle is a pair, its left image.
+SAMPLE_PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "hubble_deep_field",
+                 "immunohistochemistry", "retina", "stereo_motorcycle")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -35,10 +37,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def sample_photo(name: str = "chelsea") -> Image.Image:
-    """A real photo shipped with scikit-image (no download)."""
+    """A real photo shipped with scikit-image (no download), as PIL RGB."""
     import skimage.data
 
-    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    array = getattr(skimage.data, name)()
+    return Image.fromarray(array[0] if isinstance(array, tuple) else array).convert("RGB")
 
 
 def resize_crop(img: Image.Image, img_size: int) -> Image.Image:

@@ -1,0 +1,96 @@
+"""ONNX Runtime int8 (Q/DQ from ``ssmprune calibrate``) vs fp32 on the CPU, and int8 agreement.
+
+    python benchmarks/bench_int8.py [--model vim_s] [--prune vim_s_paper] [--batch 1 8]
+                                    [--samples 32] [--holdout 64] [--repeats 5] [--out DIR]
+
+For each batch: export the (pruned) model with seeded random weights, calibrate
+it on scikit-image photos plus random crops (seed 0), report top-1 agreement
+and errors against fp32 on held-out crops (seed 1), then time fp32 vs int8
+ONNX Runtime sessions side by side (interleaved medians, timing.py). Prints
+markdown for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved, machine  # noqa: E402
+
+from ssmprune.calibration import CalibrateOptions, PhotoCropsData, calibrate  # noqa: E402
+from ssmprune.exporter import ExportOptions, export  # noqa: E402
+from ssmprune.exporter.manifest import MODEL_FILE  # noqa: E402
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vim_s")
+    parser.add_argument("--prune", default="vim_s_paper")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--holdout", type=int, default=64)
+    parser.add_argument("--method", default="minmax")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", default=None, help="Keep the exports here (default: temporary).")
+    args = parser.parse_args()
+
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    rows, quality = [], []
+    for batch in args.batch:
+        fp32_dir = root / f"{args.model}-b{batch}-fp32"
+        int8_dir = root / f"{args.model}-b{batch}-int8"
+        result = export(ExportOptions(args.model, prune=args.prune or None, batch=batch), fp32_dir)
+        config = result.manifest.config
+        cal = calibrate(fp32_dir, PhotoCropsData(config, count=args.samples, seed=0),
+                        CalibrateOptions(method=args.method, samples=args.samples), int8_dir,
+                        holdout=PhotoCropsData(config, count=args.holdout, seed=1, whole=False))
+        held = cal.report["held_out"]["outputs"]["logits"]
+        quality.append((batch, cal.report["calibration"]["outputs"]["logits"], held,
+                        cal.placement, cal.step_seconds))
+        x = np.random.default_rng(0).standard_normal(result.manifest.input["shape"],
+                                                     dtype=np.float32)
+        s32, s8 = session(fp32_dir / MODEL_FILE, args.threads), session(int8_dir / MODEL_FILE,
+                                                                        args.threads)
+        times = interleaved({"fp32": lambda: s32.run(None, {"images": x}),
+                             "int8": lambda: s8.run(None, {"images": x})}, args.repeats)
+        sizes = {k: (d / MODEL_FILE).stat().st_size / 1e6 for k, d in (("fp32", fp32_dir),
+                                                                        ("int8", int8_dir))}
+        rows.append((batch, times, sizes))
+        print(json.dumps({"batch": batch, "ms": times, "mb": sizes, "held_out": held}),
+              file=sys.stderr, flush=True)
+
+    name = f"{args.model} pruned ({args.prune})" if args.prune else f"{args.model} dense"
+    print(f"\n{name}, seeded random weights, {machine()}, ONNX Runtime CPU, "
+          f"{args.repeats} interleaved repeats, median ms\n")
+    print("| batch | fp32 ms | int8 ms | int8 / fp32 | fp32 MB | int8 MB |")
+    print("|---|---|---|---|---|---|")
+    for batch, t, s in rows:
+        print(f"| {batch} | {t['fp32']:.1f} | {t['int8']:.1f} | {t['int8'] / t['fp32']:.2f}x | "
+              f"{s['fp32']:.1f} | {s['int8']:.1f} |")
+    print(f"\nint8 ({args.method}, {args.samples} calibration samples: scikit-image photos + "
+          f"random crops, seed 0) vs fp32 on {args.holdout} held-out crops (seed 1):\n")
+    print("| batch | calib top-1 agree | held-out top-1 agree | held-out max_rel | Q / DQ nodes |")
+    print("|---|---|---|---|---|")
+    for batch, c, h, p, _ in quality:
+        print(f"| {batch} | {c['top1']:.1%} | {h['top1']:.1%} | {h['max_rel']:.3g} | "
+              f"{p['QuantizeLinear']} / {p['DequantizeLinear']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""``ssmprune calibrate``: an fp32 export -> a Q/DQ export (int8) next to its manifest.
+
+    read + verify the fp32 export -> load calibration samples -> ONNX Runtime's
+    static quantizer (QDQ format, MatMul / Conv / Gemm only, per-channel
+    weights) -> Q/DQ confined to the projections and checked -> report
+    (quantized vs fp32 in ONNX Runtime) -> atomic write
+
+The scan and gather stay custom nodes with their standard-op bodies: ONNX
+Runtime's quantizer leaves model-local functions alone (it quantizes the
+main graph's nodes of the listed types), so no Q/DQ can land inside them,
+and ``qdq.qdq_placement`` proves it on every file written. fp8 needs NVIDIA
+ModelOpt's ONNX quantizer (ONNX Runtime's float8 QDQ does not run its
+MatMuls in fp8 on CPU, and TensorRT wants ModelOpt's patterns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import onnx
+
+from ssmprune.calibration.data import Samples
+from ssmprune.calibration.qdq import QUANTIZED_OPS, confine_qdq, qdq_placement
+from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
+from ssmprune.exporter.manifest import (
+    FORMAT,
+    METADATA_FORMAT_KEY,
+    MODEL_FILE,
+    Manifest,
+    library_versions,
+    read_export,
+    verify_model_file,
+    write_export,
+)
+from ssmprune.exporter.progress import Steps
+
+METHODS = ("minmax", "entropy", "percentile")
+PRECISIONS = ("int8", "fp8")
+DEFAULT_SAMPLES = 128
+REPORT_FILE = "calibration.json"
+Progress = Callable[[int, int], None]  # (batches done, batches in all)
+
+
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """How to quantize. ``samples``: how many calibration inputs to use at most."""
+
+    method: str = "minmax"
+    precision: str = "int8"
+    samples: int = DEFAULT_SAMPLES
+    per_channel: bool = True
+    activation_symmetric: bool = False
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        if self.samples < 1:
+            raise ConfigError(f"--samples must be at least 1, got {self.samples}")
+        if self.precision == "fp8":
+            if importlib.util.find_spec("modelopt") is None:
+                raise ConfigError("--precision fp8 needs NVIDIA ModelOpt's ONNX quantizer "
+                                  "(pip install 'nvidia-modelopt[onnx]'), which is not installed")
+            raise ConfigError("--precision fp8 through ModelOpt is not wired up yet; "
+                              "use --precision int8")
+
+
+@dataclass
+class QuantizedManifest(Manifest):
+    """An export manifest plus what calibration did (method, data, the fp32 source)."""
+
+    quantization: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class CalibrateResult:
+    directory: Path
+    manifest: QuantizedManifest
+    placement: dict[str, int]
+    report: dict[str, Any]
+    seconds: float
+    step_seconds: dict[str, float]
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over static-batch feeds, reporting progress."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int,
+                 progress: Optional[Progress]):
+        self.feeds = [{input_name: b} for b in batches(x, batch)]
+        self.progress = progress
+        self.done = 0
+
+    def get_next(self):
+        if self.done >= len(self.feeds):
+            return None
+        feed = self.feeds[self.done]
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.feeds))
+        return feed
+
+    def rewind(self) -> None:
+        self.done = 0
+
+
+def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """(n, ...) -> chunks of exactly ``batch``; the last is padded with its first sample."""
+    out = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
+        out.append(np.ascontiguousarray(chunk))
+    return out
+
+
+def check_samples(samples: Samples, manifest: Manifest, what: str = "calibration set") -> None:
+    """The samples must be (n, c, s, s) of the export's input; otherwise a one-line error."""
+    expected = tuple(manifest.input["shape"][1:])
+    if tuple(samples.x.shape[1:]) != expected:
+        raise InputShapeError(f"the {what} ({samples.source}) holds {tuple(samples.x.shape[1:])} "
+                              f"inputs but {manifest.model} takes {expected}: a set for "
+                              "another model?")
+    if len(samples) == 0:
+        raise BadInputFileError(f"the {what} ({samples.source}) is empty")
+
+
+def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manifest,
+                  options: CalibrateOptions, progress: Optional[Progress] = None) -> None:
+    """ONNX Runtime's static quantization, QDQ format, of ``source`` into ``target``."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[options.method]
+    reader = _Reader(manifest.input["name"], samples.x, manifest.batch, progress)
+    # quantize_static logs "Please consider pre-processing before quantization" on the
+    # root logger every call; our graphs come shape-inferred from the exporter.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(source), str(target), reader, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=options.per_channel,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            extra_options={
+                # Outputs of the projections feed fp32 ops (norms, softplus, the scan):
+                # quantizing them would only add error.
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+                "DedicatedQDQPair": True,
+                "ActivationSymmetric": options.activation_symmetric,
+                "WeightSymmetric": True,  # TensorRT takes symmetric int8 weights only
+            })
+    finally:
+        root.setLevel(level)
+
+
+def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
+              out_dir: Union[str, Path], holdout=None, steps: Optional[Steps] = None,
+              progress: Optional[Progress] = None) -> CalibrateResult:
+    """Quantize the fp32 export in ``directory`` with samples from ``data`` into ``out_dir``.
+
+    ``data`` and ``holdout`` are sources with ``load(limit)`` (see
+    ``calibration.data``); ``holdout`` (optional) is the evaluation set of the
+    report. User errors raise ``SsmpruneError`` before anything is written.
+    """
+    from ssmprune.calibration.report import build_report
+
+    options.validate()
+    steps = steps or Steps()
+    start = time.perf_counter()
+    src_dir, manifest = read_export(directory)
+    verify_model_file(src_dir / MODEL_FILE)
+    if manifest.precision != "fp32":
+        raise ConfigError(f"{src_dir} is a {manifest.precision} export; calibrate an fp32 one")
+    with steps.step("load calibration data"):
+        samples = data.load(options.samples)
+        check_samples(samples, manifest)
+        held = None
+        if holdout is not None:
+            held = holdout.load(None)
+            check_samples(held, manifest, "held-out set")
+    with tempfile.TemporaryDirectory(prefix="ssmprune-calibrate-") as tmp:
+        target = Path(tmp) / MODEL_FILE
+        with steps.step(f"calibrate ({options.method}, {len(samples)} samples)"):
+            quantize_int8(src_dir / MODEL_FILE, target, samples, manifest, options, progress)
+        with steps.step("confine + check Q/DQ"):
+            model = onnx.load(str(target))
+            rewired = confine_qdq(model)
+            placement = qdq_placement(model)
+            placement["rewired_inputs"] = rewired
+            onnx.helper.set_model_props(model, {METADATA_FORMAT_KEY: FORMAT,
+                                                "ssmprune.model": manifest.model,
+                                                "ssmprune.precision": options.precision})
+            onnx.checker.check_model(model)
+            data_bytes = model.SerializeToString()
+            target.write_bytes(data_bytes)
+        with steps.step("report (ONNX Runtime, int8 vs fp32)"):
+            report = build_report(src_dir / MODEL_FILE, target, manifest, samples, held)
+    source_files = {name: entry["sha256"] for name, entry in manifest.files.items()}
+    fields = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(Manifest)}
+    fields.update(files={}, precision=options.precision, versions=library_versions(),
+                  export_seconds=None)
+    quantized = QuantizedManifest(**fields, quantization={
+        "precision": options.precision,
+        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "method": options.method,
+        "activations": "int8 per tensor" + (" symmetric" if options.activation_symmetric
+                                            else " asymmetric"),
+        "weights": "int8 symmetric " + ("per channel" if options.per_channel else "per tensor"),
+        "op_types": list(QUANTIZED_OPS),
+        "fp32_ops": "everything else: SelectiveScan, TokenGather (and their bodies), norms, "
+                    "softplus, exp",
+        "samples": len(samples),
+        "data": samples.describe(),
+        "placement": placement,
+        "fp32_source": {"directory": str(src_dir.resolve()), "files": source_files},
+        "report": {k: report[k] for k in ("calibration", "held_out") if k in report},
+    })
+    with steps.step("write"):
+        out = write_export(Path(out_dir), {
+            MODEL_FILE: data_bytes,
+            REPORT_FILE: (json.dumps(report, indent=2) + "\n").encode(),
+        }, quantized)
+    return CalibrateResult(out, quantized, placement, report, time.perf_counter() - start,
+                           dict(steps.seconds))

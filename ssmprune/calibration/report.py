@@ -1,0 +1,110 @@
+"""The calibration report: the quantized model against fp32, both in ONNX Runtime.
+
+Per set (the calibration set, the held-out set) and output:
+
+    max_abs   max |int8 - fp32|
+    mean_abs  mean |int8 - fp32|
+    max_rel   max over samples of max |int8 - fp32| / max |fp32| (as in parity)
+    top1      fraction of samples whose arg-max class agrees with fp32
+    accuracy  fp32 and int8 top-1 accuracy, where the set has labels
+
+The verdict uses the parity table's tolerance for the precision (int8:
+top-1 agreement, ``ssmprune.parity.tolerances``), judged on the held-out
+set when there is one, else on the calibration set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ssmprune.calibration.data import Samples
+from ssmprune.exporter.manifest import Manifest
+
+
+def run_onnx(path: Path, x: np.ndarray, input_name: str, batch: int,
+             threads: int = 0) -> dict[str, np.ndarray]:
+    """All outputs of the ONNX file at ``path`` on x (n, ...), in static batches of ``batch``."""
+    import onnxruntime as ort
+
+    from ssmprune.calibration.quantize import batches
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    chunks = [session.run(names, {input_name: b}) for b in batches(x, batch)]
+    return {name: np.concatenate([c[i] for c in chunks])[:len(x)] for i, name in enumerate(names)}
+
+
+def compare_outputs(actual: np.ndarray, expected: np.ndarray,
+                    labels: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Metrics of one output, arrays (n, ...) with the class axis last."""
+    a = actual.reshape(actual.shape[0], -1).astype(np.float64)
+    e = expected.reshape(expected.shape[0], -1).astype(np.float64)
+    diff = np.abs(a - e)
+    scale = np.maximum(np.abs(e).max(axis=1), 1e-12)
+    metrics = {"samples": int(a.shape[0]), "max_abs": float(diff.max()),
+               "mean_abs": float(diff.mean()), "max_rel": float((diff.max(axis=1) / scale).max()),
+               "top1": float((a.argmax(axis=1) == e.argmax(axis=1)).mean()),
+               "finite": bool(np.isfinite(a).all())}
+    if labels is not None:
+        metrics["accuracy_fp32"] = float((e.argmax(axis=1) == labels).mean())
+        metrics["accuracy_quantized"] = float((a.argmax(axis=1) == labels).mean())
+    return metrics
+
+
+def evaluate_set(fp32: Path, quantized: Path, manifest: Manifest,
+                 samples: Samples) -> dict[str, Any]:
+    name, batch = manifest.input["name"], manifest.batch
+    reference = run_onnx(fp32, samples.x, name, batch)
+    actual = run_onnx(quantized, samples.x, name, batch)
+    labels = samples.labels
+    if labels is not None and int(labels.max()) >= manifest.config.get("num_classes", 0):
+        labels = None  # labels of another label space: agreement only
+    return {"source": samples.source, "skipped": len(samples.skipped),
+            "outputs": {o: compare_outputs(actual[o], reference[o], labels) for o in reference}}
+
+
+def build_report(fp32: Path, quantized: Path, manifest: Manifest, calibration: Samples,
+                 held_out: Optional[Samples] = None) -> dict[str, Any]:
+    """The report as a JSON-able dict (see the module docstring)."""
+    from ssmprune.parity.tolerances import tolerance_for
+
+    report: dict[str, Any] = {"model": manifest.model, "prune": manifest.prune,
+                              "batch": manifest.batch,
+                              "calibration": evaluate_set(fp32, quantized, manifest, calibration)}
+    if held_out is not None:
+        report["held_out"] = evaluate_set(fp32, quantized, manifest, held_out)
+    judged = "held_out" if held_out is not None else "calibration"
+    verdicts = {}
+    for output, m in report[judged]["outputs"].items():
+        tol = tolerance_for("int8", output)
+        ok = m["finite"] and (tol.top1 is None or m["top1"] >= tol.top1) and \
+            (tol.max_rel is None or m["max_rel"] <= tol.max_rel)
+        verdicts[output] = {"tolerance": tol.describe(), "passed": bool(ok)}
+    report["judged_on"] = judged
+    report["verdict"] = verdicts
+    report["passed"] = all(v["passed"] for v in verdicts.values())
+    return report
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """A short text table of the report."""
+    lines = [f"{'set':<12} {'output':<8} {'n':>5} {'max_abs':>9} {'max_rel':>9} {'top1':>7} "
+             f"{'acc fp32':>9} {'acc int8':>9}"]
+    for key in ("calibration", "held_out"):
+        if key not in report:
+            continue
+        for output, m in report[key]["outputs"].items():
+            acc32 = f"{m['accuracy_fp32']:.1%}" if "accuracy_fp32" in m else "-"
+            acc8 = f"{m['accuracy_quantized']:.1%}" if "accuracy_quantized" in m else "-"
+            lines.append(f"{key:<12} {output:<8} {m['samples']:>5} {m['max_abs']:>9.3g} "
+                         f"{m['max_rel']:>9.3g} {m['top1']:>7.1%} {acc32:>9} {acc8:>9}")
+    for output, v in report["verdict"].items():
+        lines.append(f"verdict ({report['judged_on']}) {output}: {v['tolerance']} "
+                     f"[{'ok' if v['passed'] else 'EXCEEDED'}]")
+    return lines

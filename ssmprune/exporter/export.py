@@ -1,0 +1,205 @@
+"""``ssmprune export``: a model, dense or pruned, to DIR/model.onnx + DIR/manifest.json.
+
+    build model -> torch.export -> ONNX (custom nodes + bodies)
+        [-> standard flavour: bodies inlined] -> checks -> atomic write
+
+The model is rebuilt from the manifest by ``model_from_manifest`` (parity
+uses it), so everything ``create_model`` was given is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import onnx
+import torch
+from torch import nn
+
+from ssmprune.errors import BadInputFileError, ConfigError
+from ssmprune.exporter import schemas, stages
+from ssmprune.exporter.manifest import (
+    FORMAT,
+    METADATA_FORMAT_KEY,
+    MODEL_FILE,
+    Manifest,
+    library_versions,
+    sha256_file,
+    write_export,
+)
+from ssmprune.exporter.progress import Steps
+from ssmprune.predict import DEFAULT_SEED, build_model
+from ssmprune.pruning import PruneConfig
+
+PRECISIONS = ("fp32", "fp16")
+FLAVORS = ("plugins", "standard")
+DEFAULT_OPSET = 20
+MIN_OPSET = 18  # Split(num_outputs) and the bodies' op forms
+MAX_OPSET = 23  # newest opset torch.onnx, onnx and onnxruntime here all handle
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export. ``overrides`` are extra ``create_model`` config fields."""
+
+    model: str
+    checkpoint: Optional[str] = None
+    seed: int = DEFAULT_SEED
+    prune: Union[None, str, PruneConfig] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    batch: int = 1
+    precision: str = "fp32"
+    flavor: str = "plugins"
+    opset: int = DEFAULT_OPSET
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise ConfigError(f"--batch must be at least 1, got {self.batch}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--dtype must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        if self.precision != "fp32":
+            raise ConfigError(f"--dtype {self.precision} is not supported yet: export fp32 "
+                              "(the reference models and the parity check are fp32 today)")
+        if self.flavor not in FLAVORS:
+            raise ConfigError(f"--flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"--opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset}")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote, with the figures the CLI summarises."""
+
+    directory: Path
+    manifest: Manifest
+    op_counts: dict[str, int]
+    file_bytes: int
+    weight_bytes: int
+    seconds: float
+    step_seconds: dict[str, float]
+
+    @property
+    def custom_nodes(self) -> dict[str, int]:
+        return {k: v for k, v in self.op_counts.items() if k.startswith(schemas.DOMAIN + "::")}
+
+
+def _prune_record(model: nn.Module, prune) -> tuple[Optional[dict], Optional[str]]:
+    config = getattr(model, "prune", None)
+    if config is None:
+        return None, None
+    return dataclasses.asdict(config), prune if isinstance(prune, str) else None
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict (parameters and persistent buffers) in fp32."""
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _weights_record(options: ExportOptions) -> dict[str, Any]:
+    if options.checkpoint is None:
+        return {"seed": options.seed}
+    path = Path(options.checkpoint).resolve()
+    return {"checkpoint": str(path), "sha256": sha256_file(path)}
+
+
+def export(options: ExportOptions, out_dir: Union[str, Path],
+           steps: Optional[Steps] = None) -> ExportResult:
+    """Export ``options.model`` to ``out_dir`` (see the module docstring).
+
+    User errors (unknown model, preset of another model, bad checkpoint, bad
+    option) raise ``SsmpruneError`` before anything is written; a failure
+    later leaves ``out_dir`` as it was.
+    """
+    options.validate()
+    steps = steps or Steps()
+    start = time.perf_counter()
+    with steps.step("build model"):
+        model, _ = build_model(options.model, options.checkpoint, options.seed,
+                               prune=options.prune, **options.overrides)
+        shape = (options.batch, *model.input_shape())
+        example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with steps.step("torch.export"):
+        program = stages.exported_program_from_model(model, example)
+        torch_ops = stages.custom_op_counts(program)
+    with steps.step("ONNX (torch.onnx, dynamo)"):
+        model_proto = stages.onnx_from_exported_program(program, options.opset)
+    if options.flavor == "standard":
+        with steps.step("inline bodies (standard)"):
+            model_proto = stages.standard_from_plugins(model_proto)
+    with steps.step("check (onnx.checker)"):
+        stages.check_onnx(model_proto)
+    op_counts = stages.op_type_counts(model_proto)
+    output = model_proto.graph.output[0]
+    out_shape = [d.dim_value for d in output.type.tensor_type.shape.dim]
+    prune_dict, preset = _prune_record(model, options.prune)
+    manifest = Manifest(
+        model=options.model,
+        family=model.family,
+        config=_jsonable(dataclasses.asdict(model.config)),
+        overrides=_jsonable(dict(options.overrides)),
+        prune=_jsonable(prune_dict),
+        prune_preset=preset,
+        weights=_weights_record(options),
+        input={"name": stages.INPUT_NAME, "shape": list(shape), "dtype": "float32"},
+        outputs=[{"name": stages.OUTPUT_NAME, "shape": out_shape, "dtype": "float32"}],
+        batch=options.batch,
+        precision=options.precision,
+        flavor=options.flavor,
+        opset=options.opset,
+        custom_ops=[{"domain": schemas.DOMAIN, "name": name, "version": schemas.VERSION,
+                     "nodes": op_counts.get(f"{schemas.DOMAIN}::{name}", 0),
+                     "torch_op": torch_op, "torch_nodes": torch_ops[torch_op]}
+                    for name, torch_op in ((schemas.SELECTIVE_SCAN, stages.TORCH_OPS[0]),
+                                           (schemas.TOKEN_GATHER, stages.TORCH_OPS[1]))],
+        versions=library_versions(),
+    )
+    onnx.helper.set_model_props(model_proto, {METADATA_FORMAT_KEY: FORMAT,
+                                              "ssmprune.model": options.model})
+    model_proto.producer_name = "ssmprune"
+    with steps.step("write"):
+        data = model_proto.SerializeToString()
+        manifest.export_seconds = round(time.perf_counter() - start, 2)
+        directory = write_export(Path(out_dir), {MODEL_FILE: data}, manifest)
+    return ExportResult(directory, manifest, op_counts, len(data), weight_bytes(model),
+                        time.perf_counter() - start, dict(steps.seconds))
+
+
+def model_from_manifest(manifest: Manifest, checkpoint: Optional[str] = None) -> nn.Module:
+    """The PyTorch reference model an export was made from, with the same weights.
+
+    ``checkpoint`` replaces the recorded checkpoint path (same sha256 required).
+    """
+    prune = None
+    if manifest.prune is not None:
+        p = dict(manifest.prune)
+        ratio = p["keep_ratio"]
+        prune = PruneConfig(tuple(ratio) if isinstance(ratio, list) else ratio,
+                            tuple(p["prune_after"]), p["importance"], p["alignment"])
+    weights = manifest.weights
+    path = None
+    if "checkpoint" in weights:
+        path = Path(checkpoint or weights["checkpoint"])
+        if not path.is_file():
+            raise BadInputFileError(f"checkpoint {path} recorded in the manifest is missing "
+                                    "(give --checkpoint PATH)")
+        if sha256_file(path) != weights.get("sha256"):
+            raise BadInputFileError(f"checkpoint {path} does not match the sha256 in the manifest")
+    model, _ = build_model(manifest.model, str(path) if path else None,
+                           weights.get("seed", DEFAULT_SEED), prune=prune, **manifest.overrides)
+    if _jsonable(dataclasses.asdict(model.config)) != manifest.config:
+        raise BadInputFileError(f"the manifest's {manifest.model} config differs from what this "
+                                "ssmprune builds from it; export the model again")
+    return model
+

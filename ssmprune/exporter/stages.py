@@ -1,0 +1,152 @@
+"""The export stages, each a plain function: model -> ExportedProgram -> ONNX.
+
+    exported_program_from_model   torch.export at a static shape, one graph
+    onnx_from_exported_program    torch.onnx (dynamo) with our translation
+                                  table, then the bodies attached
+    strip_debug_metadata          torch.onnx's per-node debug strings removed
+    attach_bodies                 model-local functions for the custom nodes
+    standard_from_plugins         bodies inlined, no custom domain left
+    check_onnx                    onnx.checker (full) and strict shape inference
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import warnings
+from typing import Callable, Iterator, Optional
+
+import onnx
+import onnx.inliner
+import torch
+from onnx import FunctionProto
+from torch import Tensor, nn
+
+from ssmprune.exporter import schemas
+from ssmprune.exporter.bodies import BODIES
+from ssmprune.exporter.translations import translation_table
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+TORCH_OPS = ("ssmprune.selective_scan.default", "ssmprune.token_gather.default")
+
+BodyFactory = Callable[[int], FunctionProto]
+
+
+class ExportCheckError(RuntimeError):
+    """An exported graph that fails its own checks: a bug, not a user error."""
+
+
+def exported_program_from_model(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` at ``example``'s static shape, without gradients.
+
+    torch.export either captures the whole forward as one graph or raises,
+    so a returned program has no graph break; the custom ops stay single
+    nodes thanks to their fake implementations.
+    """
+    with torch.no_grad(), _quiet_torch_onnx():
+        return torch.export.export(model, (example,), strict=False)
+
+
+def custom_op_counts(program: torch.export.ExportedProgram) -> dict[str, int]:
+    """{torch op name: node count} for the ``ssmprune`` ops of an exported graph."""
+    counts = collections.Counter(
+        str(node.target) for node in program.graph.nodes
+        if node.op == "call_function" and str(node.target).startswith("ssmprune."))
+    return {name: counts.get(name, 0) for name in TORCH_OPS}
+
+
+def onnx_from_exported_program(program: torch.export.ExportedProgram, opset: int,
+                               bodies: Optional[dict[str, BodyFactory]] = None
+                               ) -> onnx.ModelProto:
+    """ONNX through ``torch.onnx.export(dynamo=True)``, custom nodes with bodies attached.
+
+    The graph has one input ``images`` and one output ``logits``.
+    """
+    with _quiet_torch_onnx():
+        program_onnx = torch.onnx.export(
+            program, (), dynamo=True, opset_version=opset, optimize=True, verbose=False,
+            custom_translation_table=translation_table(), input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], report=False)
+    model = strip_debug_metadata(program_onnx.model_proto)
+    return attach_bodies(model, BODIES if bodies is None else bodies)
+
+
+def strip_debug_metadata(model: onnx.ModelProto, keep: tuple[str, ...] = ("namespace",)
+                         ) -> onnx.ModelProto:
+    """Drop torch.onnx's per-node debug metadata (stack traces with local paths, FX
+    node text) but the module path in ``namespace``; it was most of the graph's bytes."""
+    for node in model.graph.node:
+        props = [p for p in node.metadata_props if p.key in keep]
+        del node.metadata_props[:]
+        node.metadata_props.extend(props)
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx() -> Iterator[None]:
+    """Silence torch.onnx's noise that says nothing about our model: one warning per
+    torchvision op it cannot register ("torchvision is not installed. Skipping
+    torchvision::nms") and pytree's LeafSpec FutureWarning (torch 2.13)."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        registry.setLevel(level)
+
+
+def model_opset(model: onnx.ModelProto, domain: str = "") -> int:
+    return next(o.version for o in model.opset_import if o.domain == domain)
+
+
+def attach_bodies(model: onnx.ModelProto, bodies: dict[str, BodyFactory]) -> onnx.ModelProto:
+    """Add the model-local function of every ``ssmprune`` op the graph uses.
+
+    Each body is built for the model's default-domain opset, so the function
+    and the graph import the same version. Replaces an existing body.
+    """
+    used = sorted({n.op_type for n in model.graph.node if n.domain == schemas.DOMAIN})
+    opset = model_opset(model)
+    keep = [f for f in model.functions if not (f.domain == schemas.DOMAIN and f.name in used)]
+    del model.functions[:]
+    model.functions.extend(keep + [bodies[name](opset) for name in used])
+    if used and not any(o.domain == schemas.DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(schemas.DOMAIN, schemas.VERSION))
+    return model
+
+
+def standard_from_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The ``standard`` flavour: every body inlined, the custom domain removed."""
+    model = onnx.inliner.inline_local_functions(model)
+    del model.functions[:]
+    keep = [o for o in model.opset_import if o.domain != schemas.DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    left = [n.op_type for n in model.graph.node if n.domain == schemas.DOMAIN]
+    if left:
+        raise ExportCheckError(f"custom nodes left after inlining: {sorted(set(left))}")
+    return model
+
+
+def check_onnx(model: onnx.ModelProto) -> None:
+    """onnx.checker with full_check, then strict shape inference with type checks."""
+    schemas.register()
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                          data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportCheckError(f"exported ONNX fails its checks: {err}") from err
+
+
+def op_type_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """{op type (domain::name for custom domains): count} over the main graph."""
+    counts = collections.Counter(
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        for n in model.graph.node)
+    return dict(counts.most_common())

@@ -1,0 +1,105 @@
+"""int8 Q/DQ from an export: placement (projections only, nothing in the scan or gather
+bodies), the manifest, and agreement with fp32 on the digits models."""
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
+from ssmprune.calibration import CalibrateOptions, DigitsData, PhotoCropsData, calibrate
+from ssmprune.calibration.qdq import QdqPlacementError, qdq_placement
+from ssmprune.calibration.quantize import QuantizedManifest
+from ssmprune.exporter import ExportOptions, export, read_export
+from ssmprune.exporter.manifest import MODEL_FILE, verify_model_file
+
+
+@pytest.fixture(scope="module")
+def quantized(exports, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("int8")
+    results = {}
+    for case in ("vim_pruned", "plainmamba_pruned", "vim_dense"):
+        src = exports.get(case).directory
+        config = read_export(src)[1].config
+        results[case] = (src, calibrate(src, PhotoCropsData(config, count=8),
+                                        CalibrateOptions(samples=8), root / case,
+                                        holdout=PhotoCropsData(config, count=4, seed=1)))
+    return results
+
+
+@pytest.mark.parametrize("case", ["vim_pruned", "plainmamba_pruned", "vim_dense"])
+def test_qdq_only_around_projections(quantized, case):
+    src, result = quantized[case]
+    model = onnx.load(str(result.directory / MODEL_FILE))
+    placement = qdq_placement(model)  # raises on any misplaced Q/DQ
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    projections = ops["MatMul"] + ops["Conv"] + ops["Gemm"]
+    assert placement["quantized_nodes"] == projections > 0
+    assert placement["QuantizeLinear"] > 0 and placement["DequantizeLinear"] > 0
+    # The custom nodes and their bodies are those of the fp32 export, untouched.
+    original = onnx.load(str(src / MODEL_FILE))
+    assert [f.SerializeToString() for f in model.functions] == \
+        [f.SerializeToString() for f in original.functions]
+    custom = [n.op_type for n in model.graph.node if n.domain == "ssmprune"]
+    assert len(custom) == CASES[case].scans + CASES[case].gathers
+    for node in model.graph.node:
+        if node.domain == "ssmprune":
+            assert not any("DequantizeLinear" in i for i in node.input)
+
+
+def test_placement_check_catches_qdq_in_a_body(quantized):
+    _, result = quantized["vim_pruned"]
+    model = onnx.load(str(result.directory / MODEL_FILE))
+    body = model.functions[0]
+    body.node.append(onnx.helper.make_node("QuantizeLinear", ["a", "s"], ["b"]))
+    with pytest.raises(QdqPlacementError, match="inside the body"):
+        qdq_placement(model)
+
+
+def test_quantized_manifest(quantized):
+    src, result = quantized["vim_pruned"]
+    directory, manifest = read_export(result.directory)  # sha256 verified
+    verify_model_file(directory / MODEL_FILE)
+    assert manifest.precision == "int8"
+    full = QuantizedManifest.from_json((directory / "manifest.json").read_text(), "m")
+    q = full.quantization
+    assert q["method"] == "minmax" and q["samples"] == 8
+    assert q["fp32_source"]["files"][MODEL_FILE] == read_export(src)[1].files[MODEL_FILE]["sha256"]
+    assert set(result.report) >= {"calibration", "held_out", "verdict", "passed"}
+    logits = result.report["held_out"]["outputs"]["logits"]
+    assert logits["samples"] == 4 and logits["finite"]
+
+
+def test_onnxruntime_runs_the_quantized_file(quantized):
+    import onnxruntime as ort
+
+    _, result = quantized["plainmamba_pruned"]
+    session = ort.InferenceSession(str(result.directory / MODEL_FILE),
+                                   providers=["CPUExecutionProvider"])
+    shape = result.manifest.input["shape"]
+    out = session.run(None, {"images": np.zeros(shape, np.float32)})[0]
+    assert out.shape == (shape[0], 100) and np.isfinite(out).all()
+
+
+def _embedded(name):
+    import ssmprune.models.digits as digits
+
+    return digits.embedded_weights(name)
+
+
+@pytest.mark.parametrize("name", ["vim_digits", "plainmamba_digits"])
+def test_int8_matches_fp32_on_digits(tmp_path, name):
+    weights = _embedded(name)
+    if weights is None:
+        pytest.skip(f"no embedded weights for {name} in ssmprune/assets "
+                    "(experiments/digits.py train writes them)")
+    src = export(ExportOptions(name, checkpoint=str(weights)), tmp_path / "fp32").directory
+    config = read_export(src)[1].config
+    result = calibrate(src, DigitsData(config, "train"), CalibrateOptions(samples=64),
+                       tmp_path / "int8", holdout=DigitsData(config, "held_out"))
+    held = result.report["held_out"]["outputs"]["logits"]
+    assert held["samples"] == 360
+    assert held["top1"] >= 0.99
+    assert abs(held["accuracy_quantized"] - held["accuracy_fp32"]) <= 0.01
+    assert result.report["passed"]
