@@ -15,10 +15,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+DEFAULT := vim_digits
+DEFAULT_WEIGHTS := ssmprune/assets/vim_digits.safetensors
+
 demo: setup
 	$(BIN)/ssmprune info
-	$(BIN)/ssmprune info vim_s
+	$(BIN)/ssmprune info vim_s --prune vim_s_paper
 	$(BIN)/ssmprune run vim_t
+	$(BIN)/ssmprune visualize vim_s --prune vim_s_paper -o out/pruning_vim_s.png
+	$(BIN)/ssmprune info $(DEFAULT) --prune $(DEFAULT)_top
+	$(BIN)/ssmprune export $(DEFAULT) --checkpoint $(DEFAULT_WEIGHTS) --prune $(DEFAULT)_top -o out/$(DEFAULT)
+	$(BIN)/ssmprune parity out/$(DEFAULT)
+	$(BIN)/ssmprune calibrate out/$(DEFAULT) --data digits:train --holdout digits:held_out --samples 64 -o out/$(DEFAULT)_int8
 
 test: setup
 	$(BIN)/python -m pytest -n 2 -q

@@ -8,6 +8,7 @@ from torch import nn
 
 from ssmprune.models import vim  # noqa: F401  (registers the Vim family)
 from ssmprune.models import plainmamba  # noqa: F401, I001  (registers PlainMamba)
+from ssmprune.models import digits  # noqa: F401, I001  (the embedded digits models)
 from ssmprune.models.checkpoint import load_checkpoint, save_checkpoint
 from ssmprune.models.registry import get_entry, model_names
 from ssmprune.pruning.config import PruneConfig, resolve
