@@ -337,8 +337,9 @@ def parity(directory, images, runtimes, samples, checkpoint, batch, as_json):
 
 def _register_command_modules() -> None:
     """Commands kept in their own modules join the group."""
-    from ssmprune import commands_calibrate
+    from ssmprune import commands_calibrate, commands_engine
 
+    commands_engine.register(main)
     commands_calibrate.register(main)
 
 

@@ -1,0 +1,174 @@
+"""Custom ONNX nodes and TensorRT plugins: bind them, or lower them to their standard-op bodies.
+
+The exported ONNX carries ``ssmprune::SelectiveScan`` / ``ssmprune::TokenGather``
+nodes, each with a model-local ONNX function of the same name as its body in
+standard ops. TensorRT's parser binds a custom node to the plugin registered
+under (op_type, ``plugin_version`` attribute or "1", ``plugin_namespace``
+attribute or the node's domain).
+
+Measured with TensorRT-RTX 1.7.1 (``benchmarks/probe_trt_plugins.py``): when a
+model-local function of the node's name exists, the parser inlines it even if
+a matching plugin creator is registered (also with ENABLE_PLUGIN_OVERRIDE). So
+binding does not rely on precedence: for a plugin build the bodies of the bound
+ops are removed from the model, for ``--no-plugins`` they are inlined here, and
+either way the parser sees exactly one choice.
+
+Plugins come from a provider module, ``ssmprune.plugins.tensorrt``, which must
+define ``register(trt) -> list[tuple[str, str, str]]``: it registers its
+creators in ``trt.get_plugin_registry()`` and returns their
+``(namespace, name, version)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections import Counter
+from dataclasses import dataclass
+
+import onnx
+import onnx.inliner
+
+from ssmprune.engine import trt as trt_mod
+from ssmprune.engine.errors import EngineBuildError, PluginUnavailableError
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+PROVIDER_MODULE = "ssmprune.plugins.tensorrt"
+
+
+@dataclass(frozen=True, order=True)
+class PluginRef:
+    """A TensorRT plugin as the parser looks it up."""
+
+    namespace: str
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}::{self.name} v{self.version}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "namespace": self.namespace}
+
+
+def _attr(node: onnx.NodeProto, name: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a).decode() \
+                if a.type == onnx.AttributeProto.STRING else str(onnx.helper.get_attribute_value(a))
+    return default
+
+
+def custom_nodes(model: onnx.ModelProto) -> Counter:
+    """Count of the graph's non-standard nodes by the plugin each would bind to.
+
+    Only top-level graph nodes: nodes inside function bodies are what
+    lowering produces, and the exporter nests no custom node in a subgraph.
+    """
+    functions = {(f.domain, f.name) for f in model.functions}
+    counts: Counter = Counter()
+    for node in model.graph.node:
+        if node.domain in STANDARD_DOMAINS:
+            continue
+        if node.domain not in {"ssmprune"} and (node.domain, node.op_type) in functions:
+            continue  # another exporter's helper function (e.g. pkg.torch): not a plugin op
+        counts[PluginRef(_attr(node, "plugin_namespace", node.domain), node.op_type,
+                         _attr(node, "plugin_version", "1"))] += 1
+    return counts
+
+
+def with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every call of a model-local function spells out the defaults it omits.
+
+    onnx's inliner (1.23) drops a function's default attribute values
+    (``attribute_proto``) when the call site omits them, leaving e.g. a
+    ``Constant`` with no value that TensorRT rejects as "Invalid Node".
+    """
+    defaults = {(f.domain, f.name): list(f.attribute_proto) for f in model.functions}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node) + [n for f in out.functions for n in f.node]
+    for node in nodes:
+        have = {a.name for a in node.attribute}
+        for default in defaults.get((node.domain, node.op_type), []):
+            if default.name not in have:
+                node.attribute.append(default)
+    return out
+
+
+def lower_to_standard_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Inline the bodies of the custom nodes; error if one has no body.
+
+    Returns the lowered model and ``{"domain::op": count}`` of what was lowered.
+    """
+    needed = custom_nodes(model)
+    if not needed:
+        return model, {}
+    functions = {(f.domain, f.name) for f in model.functions}
+    by_node = Counter()
+    for node in model.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            by_node[(node.domain, node.op_type)] += 1
+    missing = sorted(f"{d}::{o}" for d, o in by_node if (d, o) not in functions)
+    if missing:
+        raise EngineBuildError(
+            f"custom node(s) {', '.join(missing)} have no standard-op body in this ONNX, so "
+            "--no-plugins cannot lower them: export with a body (or the `standard` flavour), "
+            "or build with plugins")
+    lowered = onnx.inliner.inline_selected_functions(with_default_attributes(model),
+                                                     sorted(by_node))
+    left = [n.op_type for n in lowered.graph.node if n.domain not in STANDARD_DOMAINS]
+    if left:  # pragma: no cover - onnx's inliner is recursive
+        raise EngineBuildError(f"lowering left custom nodes {sorted(set(left))}")
+    return lowered, {f"{d}::{o}": c for (d, o), c in sorted(by_node.items())}
+
+
+def drop_bodies(model: onnx.ModelProto, refs: list[PluginRef]) -> onnx.ModelProto:
+    """The model without the local functions of ops that plugins will implement."""
+    names = {r.name for r in refs}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [f for f in out.functions if not (f.domain not in STANDARD_DOMAINS
+                                             and f.name in names)]
+    del out.functions[:]
+    out.functions.extend(keep)
+    return out
+
+
+def _provider():
+    """The plugin provider module, or None when this installation has none."""
+    try:
+        spec = importlib.util.find_spec(PROVIDER_MODULE)
+    except ModuleNotFoundError:  # no ssmprune.plugins package at all
+        spec = None
+    return None if spec is None else importlib.import_module(PROVIDER_MODULE)
+
+
+def register_plugins(flavour: trt_mod.Flavour, needed: list[PluginRef],
+                     way_out: str = "build with --no-plugins to lower the custom nodes to "
+                                    "standard ops") -> list[PluginRef]:
+    """Register ssmprune's plugins with ``flavour`` and check that every needed one is there.
+
+    Raises ``PluginUnavailableError`` naming what is missing, followed by
+    ``way_out``.
+    """
+    if not needed:
+        return []
+    names = ", ".join(map(str, needed))
+    if flavour.is_rtx:
+        raise PluginUnavailableError(
+            f"{flavour.display} cannot build plugin layers ({names}): its ONNX parser aborts "
+            "the process once a Python plugin is created (see README, 'TensorRT-RTX and "
+            f"plugins'); {way_out}")
+    provider = _provider()
+    provided = set() if provider is None else {PluginRef(*r)
+                                               for r in provider.register(flavour.trt)}
+    registered = {PluginRef(*r) for r in trt_mod.registered_plugins(flavour)} | provided
+    missing = [r for r in needed if r not in registered]
+    if missing:
+        where = ("" if provider is not None
+                 else f" (module {PROVIDER_MODULE} is not in this installation)")
+        raise PluginUnavailableError(
+            f"no TensorRT plugin registered for {', '.join(map(str, missing))}{where}; "
+            f"{way_out}")
+    return sorted(needed)
