@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/ssmprune calibrate out/$(DEFAULT) --data digits:train --holdout digits:held_out --samples 64 -o out/$(DEFAULT)_int8
 
 test: setup
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scan.py

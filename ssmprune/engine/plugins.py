@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import onnx
-import onnx.inliner
 
 from ssmprune.engine import trt as trt_mod
+from ssmprune.exporter.stages import ExportCheckError, standard_from_plugins
 from ssmprune.engine.errors import EngineBuildError, PluginUnavailableError
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -77,25 +77,6 @@ def custom_nodes(model: onnx.ModelProto) -> Counter:
     return counts
 
 
-def with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy where every call of a model-local function spells out the defaults it omits.
-
-    onnx's inliner (1.23) drops a function's default attribute values
-    (``attribute_proto``) when the call site omits them, leaving e.g. a
-    ``Constant`` with no value that TensorRT rejects as "Invalid Node".
-    """
-    defaults = {(f.domain, f.name): list(f.attribute_proto) for f in model.functions}
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    nodes = list(out.graph.node) + [n for f in out.functions for n in f.node]
-    for node in nodes:
-        have = {a.name for a in node.attribute}
-        for default in defaults.get((node.domain, node.op_type), []):
-            if default.name not in have:
-                node.attribute.append(default)
-    return out
-
-
 def lower_to_standard_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Inline the bodies of the custom nodes; error if one has no body.
 
@@ -115,11 +96,10 @@ def lower_to_standard_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict
             f"custom node(s) {', '.join(missing)} have no standard-op body in this ONNX, so "
             "--no-plugins cannot lower them: export with a body (or the `standard` flavour), "
             "or build with plugins")
-    lowered = onnx.inliner.inline_selected_functions(with_default_attributes(model),
-                                                     sorted(by_node))
-    left = [n.op_type for n in lowered.graph.node if n.domain not in STANDARD_DOMAINS]
-    if left:  # pragma: no cover - onnx's inliner is recursive
-        raise EngineBuildError(f"lowering left custom nodes {sorted(set(left))}")
+    try:
+        lowered = standard_from_plugins(model)
+    except ExportCheckError as err:  # pragma: no cover - onnx's inliner is recursive
+        raise EngineBuildError(f"lowering failed: {err}") from None
     return lowered, {f"{d}::{o}": c for (d, o), c in sorted(by_node.items())}
 
 

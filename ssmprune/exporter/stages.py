@@ -5,6 +5,7 @@
                                   table, then the bodies attached
     strip_debug_metadata          torch.onnx's per-node debug strings removed
     attach_bodies                 model-local functions for the custom nodes
+    with_default_attributes       function calls spell out omitted defaults
     standard_from_plugins         bodies inlined, no custom domain left
     check_onnx                    onnx.checker (full) and strict shape inference
 """
@@ -120,9 +121,32 @@ def attach_bodies(model: onnx.ModelProto, bodies: dict[str, BodyFactory]) -> onn
     return model
 
 
+def with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every call of a model-local function spells out the defaults it omits.
+
+    onnx's inliner (1.23) drops a function's default attribute values
+    (``attribute_proto``) when the call site omits them, leaving e.g. a
+    ``Constant`` with no value that TensorRT rejects as "Invalid Node".
+    """
+    defaults = {(f.domain, f.name): list(f.attribute_proto) for f in model.functions}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node) + [n for f in out.functions for n in f.node]
+    for node in nodes:
+        have = {a.name for a in node.attribute}
+        for default in defaults.get((node.domain, node.op_type), []):
+            if default.name not in have:
+                node.attribute.append(default)
+    return out
+
+
 def standard_from_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The ``standard`` flavour: every body inlined, the custom domain removed."""
-    model = onnx.inliner.inline_local_functions(model)
+    """The ``standard`` flavour: every body inlined, the custom domain removed.
+
+    Also what ``ssmprune build --no-plugins`` hands TensorRT, so the two paths
+    build the same graph.
+    """
+    model = onnx.inliner.inline_local_functions(with_default_attributes(model))
     del model.functions[:]
     keep = [o for o in model.opset_import if o.domain != schemas.DOMAIN]
     del model.opset_import[:]
