@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/ssmprune info $(DEFAULT) --prune $(DEFAULT)_top
 	$(BIN)/ssmprune export $(DEFAULT) --checkpoint $(DEFAULT_WEIGHTS) --prune $(DEFAULT)_top -o out/$(DEFAULT)
 	$(BIN)/ssmprune parity out/$(DEFAULT)
-	$(BIN)/ssmprune calibrate out/$(DEFAULT) --data digits:train --holdout digits:held_out --samples 64 -o out/$(DEFAULT)_int8
+	$(BIN)/ssmprune calibrate out/$(DEFAULT) --data digits:train --holdout digits:held_out --method percentile --samples 256 -o out/$(DEFAULT)_int8
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist worksteal -q

@@ -6,7 +6,8 @@
 For each batch: export the (pruned) model with seeded random weights, calibrate
 it on scikit-image photos plus random crops (seed 0), report top-1 agreement
 and errors against fp32 on held-out crops (seed 1), then time fp32 vs int8
-ONNX Runtime sessions side by side (interleaved medians, timing.py). Prints
+(pruned: token selection kept fp32, and everything quantized) ONNX Runtime
+sessions side by side (interleaved medians, timing.py). Prints
 markdown for benchmarks/RESULTS.md.
 """
 
@@ -51,45 +52,52 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-int8-"))
+    # int8 variants: token selection kept fp32 (the default) and everything quantized.
+    variants = {"int8": True, "int8 all": False} if args.prune else {"int8": False}
     rows, quality = [], []
     for batch in args.batch:
         fp32_dir = root / f"{args.model}-b{batch}-fp32"
-        int8_dir = root / f"{args.model}-b{batch}-int8"
         result = export(ExportOptions(args.model, prune=args.prune or None, batch=batch), fp32_dir)
         config = result.manifest.config
-        cal = calibrate(fp32_dir, PhotoCropsData(config, count=args.samples, seed=0),
-                        CalibrateOptions(method=args.method, samples=args.samples), int8_dir,
-                        holdout=PhotoCropsData(config, count=args.holdout, seed=1, whole=False))
-        held = cal.report["held_out"]["outputs"]["logits"]
-        quality.append((batch, cal.report["calibration"]["outputs"]["logits"], held,
-                        cal.placement, cal.step_seconds))
+        dirs = {"fp32": fp32_dir}
+        for variant, protect in variants.items():
+            dirs[variant] = root / f"{args.model}-b{batch}-{variant.replace(' ', '-')}"
+            cal = calibrate(fp32_dir, PhotoCropsData(config, count=args.samples, seed=0),
+                            CalibrateOptions(method=args.method, samples=args.samples,
+                                             protect_selection=protect), dirs[variant],
+                            holdout=PhotoCropsData(config, count=args.holdout, seed=1,
+                                                   whole=False))
+            held = cal.report["held_out"]["outputs"]["logits"]
+            quality.append((batch, variant, cal.report["calibration"]["outputs"]["logits"],
+                            held, cal.placement))
         x = np.random.default_rng(0).standard_normal(result.manifest.input["shape"],
                                                      dtype=np.float32)
-        s32, s8 = session(fp32_dir / MODEL_FILE, args.threads), session(int8_dir / MODEL_FILE,
-                                                                        args.threads)
-        times = interleaved({"fp32": lambda: s32.run(None, {"images": x}),
-                             "int8": lambda: s8.run(None, {"images": x})}, args.repeats)
-        sizes = {k: (d / MODEL_FILE).stat().st_size / 1e6 for k, d in (("fp32", fp32_dir),
-                                                                        ("int8", int8_dir))}
+        sessions = {k: session(d / MODEL_FILE, args.threads) for k, d in dirs.items()}
+        times = interleaved({k: (lambda s=s: s.run(None, {"images": x}))
+                             for k, s in sessions.items()}, args.repeats)
+        sizes = {k: (d / MODEL_FILE).stat().st_size / 1e6 for k, d in dirs.items()}
         rows.append((batch, times, sizes))
-        print(json.dumps({"batch": batch, "ms": times, "mb": sizes, "held_out": held}),
-              file=sys.stderr, flush=True)
+        print(json.dumps({"batch": batch, "ms": times, "mb": sizes}), file=sys.stderr, flush=True)
 
     name = f"{args.model} pruned ({args.prune})" if args.prune else f"{args.model} dense"
     print(f"\n{name}, seeded random weights, {machine()}, ONNX Runtime CPU, "
           f"{args.repeats} interleaved repeats, median ms\n")
-    print("| batch | fp32 ms | int8 ms | int8 / fp32 | fp32 MB | int8 MB |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | " + " | ".join(f"{k} ms" for k in ("fp32", *variants))
+          + " | " + " | ".join(f"{k} / fp32" for k in variants)
+          + " | " + " | ".join(f"{k} MB" for k in ("fp32", *variants)) + " |")
+    print("|---" * (3 + 3 * len(variants)) + "|")
     for batch, t, s in rows:
-        print(f"| {batch} | {t['fp32']:.1f} | {t['int8']:.1f} | {t['int8'] / t['fp32']:.2f}x | "
-              f"{s['fp32']:.1f} | {s['int8']:.1f} |")
+        print(f"| {batch} | " + " | ".join(f"{t[k]:.1f}" for k in ("fp32", *variants)) + " | "
+              + " | ".join(f"{t[k] / t['fp32']:.2f}x" for k in variants) + " | "
+              + " | ".join(f"{s[k]:.1f}" for k in ("fp32", *variants)) + " |")
     print(f"\nint8 ({args.method}, {args.samples} calibration samples: scikit-image photos + "
           f"random crops, seed 0) vs fp32 on {args.holdout} held-out crops (seed 1):\n")
-    print("| batch | calib top-1 agree | held-out top-1 agree | held-out max_rel | Q / DQ nodes |")
-    print("|---|---|---|---|---|")
-    for batch, c, h, p, _ in quality:
-        print(f"| {batch} | {c['top1']:.1%} | {h['top1']:.1%} | {h['max_rel']:.3g} | "
-              f"{p['QuantizeLinear']} / {p['DequantizeLinear']} |")
+    print("| batch | variant | calib top-1 agree | held-out top-1 agree | held-out max_rel "
+          "| quantized nodes | Q / DQ nodes |")
+    print("|---|---|---|---|---|---|---|")
+    for batch, variant, c, h, p in quality:
+        print(f"| {batch} | {variant} | {c['top1']:.1%} | {h['top1']:.1%} | {h['max_rel']:.3g} | "
+              f"{p['quantized_nodes']} | {p['QuantizeLinear']} / {p['DequantizeLinear']} |")
 
 
 if __name__ == "__main__":

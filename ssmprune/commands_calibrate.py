@@ -61,15 +61,20 @@ def _default_holdout(model: str, data: str) -> str:
               help="Images must already be the model's size (no resize / crop).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Also write the report as JSON here.")
+@click.option("--selection", type=click.Choice(["fp32", "int8"]), default="fp32",
+              show_default=True,
+              help="Pruned models: keep the projections that decide which tokens are kept "
+                   "(upstream of the last TokenGather) in fp32, or quantize them too.")
 def calibrate_command(directory, data_spec, out_dir, method, precision, samples, holdout,
-                      holdout_samples, seed, no_resize, report_path):
+                      holdout_samples, seed, no_resize, report_path, selection):
     """Quantize the fp32 export in DIRECTORY to a Q/DQ ONNX (int8) in OUT_DIR.
 
     ONNX Runtime's static quantizer (QDQ format) quantizes MatMul, Conv and
     Gemm (per-channel int8 weights); the scan, the gather and their bodies,
-    the norms, softplus and exp stay fp32. The report compares the result
-    with fp32 in ONNX Runtime: per-output error, top-1 agreement, and
-    accuracy where the set has labels.
+    the norms, softplus and exp stay fp32, and so do, for a pruned model, the
+    projections its token selection depends on (--selection). The report
+    compares the result with fp32 in ONNX Runtime: per-output error, top-1
+    agreement, and accuracy where the set has labels.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeElapsedColumn
@@ -79,7 +84,8 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
     from ssmprune.errors import ConfigError
     from ssmprune.exporter.manifest import read_export
 
-    options = CalibrateOptions(method, precision, samples)
+    options = CalibrateOptions(method, precision, samples,
+                               protect_selection=selection == "fp32")
     options.validate()
     if holdout_samples < 1:
         raise ConfigError(f"--holdout-samples must be at least 1, got {holdout_samples}")

@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic hypothesis profile, one assertion helper."""
+"""Shared test settings: deterministic hypothesis profile, slow tests first, one assertion helper."""
 
 import os
 
@@ -19,3 +19,11 @@ def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     scale = expected.float().abs().max().clamp_min(1e-12)
     return ((actual.float() - expected.float()).abs().max() / scale).item()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-size (``slow``) tests first, longest first: under ``-n 2 --dist worksteal``
+    they start at once and the other worker takes the rest, instead of one long
+    TensorRT build starting last and running alone."""
+    items.sort(key=lambda item: -item.get_closest_marker("slow").kwargs.get("minutes", 0.1)
+               if item.get_closest_marker("slow") else 0)

@@ -31,6 +31,26 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return consumers
 
 
+def selection_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the main graph's MatMul / Conv / Gemm nodes upstream of a TokenGather.
+
+    Their outputs decide which tokens a pruned model keeps: int8 noise there
+    flips near-tied importance scores, and a different token set changes the
+    prediction far more than the rounding itself (benchmarks/RESULTS.md).
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    seen, stack = set(), [n for n in model.graph.node if n.op_type == "TokenGather"]
+    while stack:
+        node = stack.pop()
+        for name in node.input:
+            parent = producers.get(name)
+            if parent is not None and id(parent) not in seen:
+                seen.add(id(parent))
+                stack.append(parent)
+    return [n.name for n in model.graph.node
+            if id(n) in seen and n.op_type in QUANTIZED_OPS]
+
+
 def confine_qdq(model: onnx.ModelProto) -> int:
     """Rewire every fp32 consumer of an activation's Q -> DQ pair to the fp32 tensor.
 

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from ssmprune.calibration.data import Samples
-from ssmprune.calibration.qdq import QUANTIZED_OPS, confine_qdq, qdq_placement
+from ssmprune.calibration.qdq import QUANTIZED_OPS, confine_qdq, qdq_placement, selection_nodes
 from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
 from ssmprune.exporter.manifest import (
     FORMAT,
@@ -59,6 +59,7 @@ class CalibrateOptions:
     samples: int = DEFAULT_SAMPLES
     per_channel: bool = True
     activation_symmetric: bool = False
+    protect_selection: bool = True
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -138,8 +139,10 @@ def check_samples(samples: Samples, manifest: Manifest, what: str = "calibration
 
 
 def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manifest,
-                  options: CalibrateOptions, progress: Optional[Progress] = None) -> None:
-    """ONNX Runtime's static quantization, QDQ format, of ``source`` into ``target``."""
+                  options: CalibrateOptions, progress: Optional[Progress] = None,
+                  exclude: tuple[str, ...] = ()) -> None:
+    """ONNX Runtime's static quantization, QDQ format, of ``source`` into ``target``;
+    the nodes named in ``exclude`` stay fp32."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -159,6 +162,7 @@ def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manife
         quantize_static(
             str(source), str(target), reader, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=options.per_channel,
+            nodes_to_exclude=list(exclude),
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=method,
             extra_options={
@@ -198,10 +202,13 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         if holdout is not None:
             held = holdout.load(None)
             check_samples(held, manifest, "held-out set")
+    kept_fp32 = (selection_nodes(onnx.load(str(src_dir / MODEL_FILE)))
+                 if options.protect_selection else [])
     with tempfile.TemporaryDirectory(prefix="ssmprune-calibrate-") as tmp:
         target = Path(tmp) / MODEL_FILE
         with steps.step(f"calibrate ({options.method}, {len(samples)} samples)"):
-            quantize_int8(src_dir / MODEL_FILE, target, samples, manifest, options, progress)
+            quantize_int8(src_dir / MODEL_FILE, target, samples, manifest, options, progress,
+                          tuple(kept_fp32))
         with steps.step("confine + check Q/DQ"):
             model = onnx.load(str(target))
             rewired = confine_qdq(model)
@@ -229,6 +236,10 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         "op_types": list(QUANTIZED_OPS),
         "fp32_ops": "everything else: SelectiveScan, TokenGather (and their bodies), norms, "
                     "softplus, exp",
+        "token_selection": ("fp32: the projections upstream of a TokenGather "
+                            f"({len(kept_fp32)} nodes) are not quantized"
+                            if kept_fp32 else "int8" if options.protect_selection is False
+                            else "no TokenGather (dense model)"),
         "samples": len(samples),
         "data": samples.describe(),
         "placement": placement,

@@ -9,7 +9,7 @@ import pytest
 
 from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
 from ssmprune.calibration import CalibrateOptions, DigitsData, PhotoCropsData, calibrate
-from ssmprune.calibration.qdq import QdqPlacementError, qdq_placement
+from ssmprune.calibration.qdq import QdqPlacementError, qdq_placement, selection_nodes
 from ssmprune.calibration.quantize import QuantizedManifest
 from ssmprune.exporter import ExportOptions, export, read_export
 from ssmprune.exporter.manifest import MODEL_FILE, verify_model_file
@@ -35,10 +35,16 @@ def test_qdq_only_around_projections(quantized, case):
     placement = qdq_placement(model)  # raises on any misplaced Q/DQ
     ops = collections.Counter(n.op_type for n in model.graph.node)
     projections = ops["MatMul"] + ops["Conv"] + ops["Gemm"]
-    assert placement["quantized_nodes"] == projections > 0
+    original = onnx.load(str(src / MODEL_FILE))
+    # Pruned: the projections the token choice depends on stay fp32 (--selection fp32).
+    kept_fp32 = set(selection_nodes(original))
+    assert bool(kept_fp32) == (CASES[case].gathers > 0)
+    assert placement["quantized_nodes"] == projections - len(kept_fp32) > 0
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    quantized_names = {n.name for n in model.graph.node if dq_outputs & set(n.input)}
+    assert not quantized_names & kept_fp32
     assert placement["QuantizeLinear"] > 0 and placement["DequantizeLinear"] > 0
     # The custom nodes and their bodies are those of the fp32 export, untouched.
-    original = onnx.load(str(src / MODEL_FILE))
     assert [f.SerializeToString() for f in model.functions] == \
         [f.SerializeToString() for f in original.functions]
     custom = [n.op_type for n in model.graph.node if n.domain == "ssmprune"]
@@ -65,6 +71,7 @@ def test_quantized_manifest(quantized):
     full = QuantizedManifest.from_json((directory / "manifest.json").read_text(), "m")
     q = full.quantization
     assert q["method"] == "minmax" and q["samples"] == 8
+    assert q["token_selection"].startswith("fp32: the projections upstream of a TokenGather")
     assert q["fp32_source"]["files"][MODEL_FILE] == read_export(src)[1].files[MODEL_FILE]["sha256"]
     assert set(result.report) >= {"calibration", "held_out", "verdict", "passed"}
     logits = result.report["held_out"]["outputs"]["logits"]
@@ -88,15 +95,21 @@ def _embedded(name):
     return digits.embedded_weights(name)
 
 
+@pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
 @pytest.mark.parametrize("name", ["vim_digits", "plainmamba_digits"])
-def test_int8_matches_fp32_on_digits(tmp_path, name):
+def test_int8_matches_fp32_on_digits(tmp_path, name, pruned):
     weights = _embedded(name)
     if weights is None:
         pytest.skip(f"no embedded weights for {name} in ssmprune/assets "
                     "(experiments/digits.py train writes them)")
-    src = export(ExportOptions(name, checkpoint=str(weights)), tmp_path / "fp32").directory
+    prune = f"{name}_top" if pruned else None
+    src = export(ExportOptions(name, checkpoint=str(weights), prune=prune),
+                 tmp_path / "fp32").directory
     config = read_export(src)[1].config
-    result = calibrate(src, DigitsData(config, "train"), CalibrateOptions(samples=64),
+    # Pruned: percentile ranges from 256 scans (benchmarks/RESULTS.md, int8 on digits).
+    options = (CalibrateOptions(method="percentile", samples=256) if pruned
+               else CalibrateOptions(samples=64))
+    result = calibrate(src, DigitsData(config, "train"), options,
                        tmp_path / "int8", holdout=DigitsData(config, "held_out"))
     held = result.report["held_out"]["outputs"]["logits"]
     assert held["samples"] == 360

@@ -402,12 +402,13 @@ def test_changed_export_is_refused_before_building(exports, tmp_path):
     assert result.exit_code == 2 and "sha256" in result.output, result.output
 
 
-@pytest.mark.slow
 @needs_rtx
 @pytest.mark.parametrize("model, prune, flavor, args", [
-    ("plainmamba_l1", "plainmamba_l1_paper", "standard", ()),
     # Also the standard flavour of vim_t: test_no_plugins_lowering_is_the_standard_flavour.
-    ("vim_t", "vim_t_paper", "plugins", ("--no-plugins",)),
+    pytest.param("vim_t", "vim_t_paper", "plugins", ("--no-plugins",),
+                 marks=pytest.mark.slow(minutes=12)),
+    pytest.param("plainmamba_l1", "plainmamba_l1_paper", "standard", (),
+                 marks=pytest.mark.slow(minutes=3)),
 ])
 def test_rtx_builds_pruned_models_at_224(model, prune, flavor, args, tmp_path):
     """The issue's proof: real-size pruned models parse and build with TensorRT-RTX, no GPU."""
