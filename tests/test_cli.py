@@ -4,28 +4,12 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from ssmprune.cli import main
+from cli_helpers import assert_one_line_error, invoke
 from ssmprune.models import create_model, save_checkpoint
 
 SMALL_VIM = ["--img-size", "32"]
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, list(args))
-    return result, result.stdout, result.stderr
-
-
-def assert_one_line_error(result, stderr, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
-    assert stderr.splitlines()[-1].startswith("FAILED | Runtime:")
 
 
 def test_help_lists_commands():

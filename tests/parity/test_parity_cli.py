@@ -3,26 +3,10 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 from exporter.export_cases import exports  # noqa: F401  (fixture)
 
-from ssmprune.cli import main
+from cli_helpers import assert_one_line_error, invoke
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result, result.stdout, result.stderr
-
-
-def assert_one_line_error(result, stderr, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    assert stderr.splitlines()[-1].startswith("FAILED | Runtime:")
 
 
 def test_help_is_fast_and_lists_commands():
