@@ -58,7 +58,6 @@ class CalibrateOptions:
     precision: str = "int8"
     samples: int = DEFAULT_SAMPLES
     per_channel: bool = True
-    activation_symmetric: bool = False
     protect_selection: bool = True
 
     def validate(self) -> None:
@@ -170,8 +169,12 @@ def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manife
                 # quantizing them would only add error.
                 "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
                 "DedicatedQDQPair": True,
-                "ActivationSymmetric": options.activation_symmetric,
-                "WeightSymmetric": True,  # TensorRT takes symmetric int8 weights only
+                # TensorRT takes symmetric int8 only (zero point 0), activations included.
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                # TensorRT rejects int32 (bias) DequantizeLinear inputs; it fuses an fp32
+                # bias into the int8 layer itself.
+                "QuantizeBias": False,
             })
     finally:
         root.setLevel(level)
@@ -230,8 +233,7 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         "precision": options.precision,
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "method": options.method,
-        "activations": "int8 per tensor" + (" symmetric" if options.activation_symmetric
-                                            else " asymmetric"),
+        "activations": "int8 per tensor symmetric",
         "weights": "int8 symmetric " + ("per channel" if options.per_channel else "per tensor"),
         "op_types": list(QUANTIZED_OPS),
         "fp32_ops": "everything else: SelectiveScan, TokenGather (and their bodies), norms, "

@@ -403,6 +403,25 @@ def test_changed_export_is_refused_before_building(exports, tmp_path):
 
 
 @needs_rtx
+def test_rtx_builds_the_int8_qdq_graph(exports, tmp_path):
+    """Issue 6: `ssmprune build` takes a calibrated (Q/DQ) export; TensorRT-RTX, strongly
+    typed, builds it as int8 from the graph itself."""
+    from ssmprune.calibration import CalibrateOptions, PhotoCropsData, calibrate
+    from ssmprune.exporter import read_export
+
+    src = exports.get("vim_pruned").directory
+    config = read_export(src)[1].config
+    quantized = calibrate(src, PhotoCropsData(config, count=4), CalibrateOptions(samples=4),
+                          tmp_path / "int8")
+    out = tmp_path / "int8.engine"
+    result = build_cli(quantized.directory, out, "--no-plugins", "--opt-level", "0")
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    verify_engine_file(out, manifest)
+    assert manifest.precision == "int8" and manifest.source["precision"] == "int8"
+
+
+@needs_rtx
 @pytest.mark.parametrize("model, prune, flavor, args", [
     # Also the standard flavour of vim_t: test_no_plugins_lowering_is_the_standard_flavour.
     pytest.param("vim_t", "vim_t_paper", "plugins", ("--no-plugins",),
