@@ -185,7 +185,6 @@ def weights_path(name: str, weights_dir: Path) -> Path:
 
 def load_model(name: str, weights_dir: Path, prune=None):
     from ssmprune.models import create_model, load_checkpoint
-    from ssmprune.models import digits  # noqa: F401  (registers the digits models)
 
     return load_checkpoint(create_model(name, prune=prune), weights_path(name, weights_dir))
 
@@ -204,7 +203,6 @@ def step_train(args, results: dict) -> None:
 
     from ssmprune.data.digits import accuracy, held_out_for_model, split_for_model
     from ssmprune.models import create_model
-    from ssmprune.models import digits  # noqa: F401
 
     for name in args.models:
         recipe = RECIPE[name]

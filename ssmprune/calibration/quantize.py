@@ -180,6 +180,16 @@ def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manife
         root.setLevel(level)
 
 
+def _token_selection(options: CalibrateOptions, kept_fp32: list[str]) -> str:
+    """How the manifest describes the precision of the token selection."""
+    if not options.protect_selection:
+        return "int8"
+    if not kept_fp32:
+        return "no TokenGather (dense model)"
+    return (f"fp32: the projections upstream of a TokenGather ({len(kept_fp32)} nodes) "
+            "are not quantized")
+
+
 def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
               out_dir: Union[str, Path], holdout=None, steps: Optional[Steps] = None,
               progress: Optional[Progress] = None) -> CalibrateResult:
@@ -238,10 +248,7 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         "op_types": list(QUANTIZED_OPS),
         "fp32_ops": "everything else: SelectiveScan, TokenGather (and their bodies), norms, "
                     "softplus, exp",
-        "token_selection": ("fp32: the projections upstream of a TokenGather "
-                            f"({len(kept_fp32)} nodes) are not quantized"
-                            if kept_fp32 else "int8" if options.protect_selection is False
-                            else "no TokenGather (dense model)"),
+        "token_selection": _token_selection(options, kept_fp32),
         "samples": len(samples),
         "data": samples.describe(),
         "placement": placement,

@@ -25,6 +25,16 @@
 #define BLOCK 16
 #define TILE 64
 #define MAX_STATE 64
+#define LOG2E 1.44269504088896341f
+
+/* 2^f on f in [-0.5, 0.5], degree 5, highest coefficient first (shared by the
+ * scalar and the AVX-512 exp2). */
+#define EXP2_C5 1.29157e-3f
+#define EXP2_C4 9.66853e-3f
+#define EXP2_C3 5.551689e-2f
+#define EXP2_C2 2.4022265e-1f
+#define EXP2_C1 6.9314647e-1f
+#define EXP2_C0 1.00000004f
 
 /* 2^x as 2^n * 2^f with a degree-5 polynomial on f in [-0.5, 0.5]: relative
  * error below 4e-7, inlined so the compiler vectorises it. */
@@ -33,12 +43,12 @@ static inline float exp2_approx(float v)
     v = v < -126.0f ? -126.0f : (v > 126.0f ? 126.0f : v);
     const float n = __builtin_roundf(v);
     const float f = v - n;
-    float p = 1.29157e-3f;
-    p = p * f + 9.66853e-3f;
-    p = p * f + 5.551689e-2f;
-    p = p * f + 2.4022265e-1f;
-    p = p * f + 6.9314647e-1f;
-    p = p * f + 1.00000004f;
+    float p = EXP2_C5;
+    p = p * f + EXP2_C4;
+    p = p * f + EXP2_C3;
+    p = p * f + EXP2_C2;
+    p = p * f + EXP2_C1;
+    p = p * f + EXP2_C0;
     const int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -47,7 +57,7 @@ static inline float exp2_approx(float v)
 
 static inline float exp_approx(float x)
 {
-    return exp2_approx(x * 1.44269504088896341f);
+    return exp2_approx(x * LOG2E);
 }
 
 /* log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) <= 1/3: the odd
@@ -86,12 +96,12 @@ static inline __m512 exp2_16(__m512 v)
     v = _mm512_max_ps(v, _mm512_set1_ps(-150.0f));
     const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(v, n);
-    __m512 p = _mm512_set1_ps(1.29157e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.66853e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.551689e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022265e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314647e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.00000004f));
+    __m512 p = _mm512_set1_ps(EXP2_C5);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_C0));
     return _mm512_scalef_ps(p, n);
 }
 
@@ -164,6 +174,8 @@ static inline __attribute__((always_inline)) void scan_block(const struct scan_a
     const int64_t len = a->len;
     float h[MAX_STATE][BLOCK];
     float bias[BLOCK], dt0[BLOCK], skip[BLOCK], a2[MAX_STATE][BLOCK];
+    /* tdt holds delta, then (first pass, in place) the decay step; tu_dt the
+     * step times u; ty the recurrence's C.h, then the output. */
     float tu[TILE][BLOCK], tdt[TILE][BLOCK], tz[TILE][BLOCK], ty[TILE][BLOCK];
     float tu_dt[TILE][BLOCK];
     for (int j = 0; j < width; ++j) {
@@ -175,7 +187,7 @@ static inline __attribute__((always_inline)) void scan_block(const struct scan_a
     for (int64_t k = 0; k < nstate; ++k)
         for (int j = 0; j < width; ++j) {
             h[k][j] = 0.0f;
-            a2[k][j] = a->A_t[k * a->dim + d0 + j] * 1.44269504088896341f;
+            a2[k][j] = a->A_t[k * a->dim + d0 + j] * LOG2E;
         }
 
     for (int64_t t0 = 0; t0 < len; t0 += TILE) {
