@@ -141,8 +141,13 @@ def register_plugins(flavour: trt_mod.Flavour, needed: list[PluginRef],
             "the process once a Python plugin is created (see README, 'TensorRT-RTX and "
             f"plugins'); {way_out}")
     provider = _provider()
-    provided = set() if provider is None else {PluginRef(*r)
-                                               for r in provider.register(flavour.trt)}
+    try:
+        provided = set() if provider is None else {PluginRef(*r)
+                                                   for r in provider.register(flavour.trt)}
+    except (AttributeError, TypeError, ValueError) as err:  # a TensorRT without V3 plugins
+        raise PluginUnavailableError(
+            f"ssmprune's TensorRT plugins could not be registered with {flavour.display} "
+            f"({err}); {way_out}") from None
     registered = {PluginRef(*r) for r in trt_mod.registered_plugins(flavour)} | provided
     missing = [r for r in needed if r not in registered]
     if missing:

@@ -15,6 +15,7 @@ import pytest
 
 from ssmprune.engine import runtime
 from ssmprune.engine import trt as trt_mod
+from ssmprune.engine import plugins as plugins_mod
 from ssmprune.engine.errors import (EngineFileError, EngineMismatchError, NoGpuError,
                                     PluginUnavailableError)
 from ssmprune.engine.manifest import (EngineManifest, manifest_path, read_manifest,
@@ -145,7 +146,8 @@ def test_gpu_targets(gpu, arch, ok):
             runtime.check_gpu(make_manifest(gpu=gpu), arch, "e")
 
 
-def test_missing_plugin_at_deserialisation_is_named():
+def test_missing_plugin_at_deserialisation_is_named(monkeypatch):
+    monkeypatch.setattr(plugins_mod, "_provider", lambda: None)  # an install without them
     needed = runtime.needed_plugins(make_manifest())
     assert needed == [PluginRef("ssmprune", "SelectiveScan", "1")]
     with pytest.raises(PluginUnavailableError,
@@ -156,6 +158,11 @@ def test_missing_plugin_at_deserialisation_is_named():
                                  "with --no-plugins")
     flavour = fake_flavour(creators=[("ssmprune", "SelectiveScan", "1")])
     assert register_plugins(flavour, needed) == needed
+
+
+def test_plugins_that_cannot_register_are_named():
+    with pytest.raises(PluginUnavailableError, match="could not be registered with TensorRT 10"):
+        register_plugins(fake_flavour(), [PluginRef("ssmprune", "SelectiveScan", "1")])
 
 
 def test_rtx_refuses_plugin_layers_instead_of_aborting():

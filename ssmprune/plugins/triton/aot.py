@@ -92,3 +92,42 @@ def declared_parameter_count(compiled: CompiledKernel) -> int:
 def hidden_parameters(compiled: CompiledKernel) -> list[EntryParameter]:
     """Entry parameters Triton added after the declared ones (empty before 3.3)."""
     return entry_parameters(compiled.asm["ptx"])[declared_parameter_count(compiled):]
+
+
+def without_idle_hidden_parameters(compiled: CompiledKernel) -> str:
+    """The kernel's PTX with the hidden entry parameters removed, so its entry takes
+    exactly TensorRT's AOT contract (inputs, integer scalars, outputs).
+
+    A launch must pass every declared parameter (cuLaunchKernel copies one value
+    per parameter), so a hidden parameter that TensorRT does not pass may only be
+    dropped from the declaration: allowed when the body never reads it, refused
+    (ValueError) when it does.
+    """
+    hidden = hidden_parameters(compiled)
+    used = [p.name for p in hidden if p.used]
+    if used:
+        raise ValueError(f"kernel {compiled.metadata.name} reads the hidden parameters "
+                         f"{', '.join(used)}: it cannot run under TensorRT's AOT contract")
+    ptx = compiled.asm["ptx"]
+    if not hidden:
+        return ptx
+    match = _ENTRY.search(ptx)
+    params = match.group(2).split(",")
+    kept = ",".join(params[:len(params) - len(hidden)])
+    return ptx[:match.start(2)] + kept + "\n" + ptx[match.end(2):]
+
+
+def scalar_arguments(compiled: CompiledKernel, launch: Launch) -> list[int]:
+    """The values of the integer parameters left in the compiled entry, in entry order
+    (arguments Triton folded into constants are not among them): what a caller
+    that launches the PTX passes between the input and the output pointers."""
+    jit = launch.kernel.jit
+    values = dict(zip(jit.arg_names, launch.args)) | launch.kwargs
+
+    def leaves(kind, value):
+        if isinstance(kind, tuple):
+            return [v for k, x in zip(kind, value) for v in leaves(k, x)]
+        return [] if kind == "constexpr" or kind.startswith("*") else [int(value)]
+
+    return [v for name, kind in compiled.src.signature.items()
+            for v in leaves(kind, values[name])]

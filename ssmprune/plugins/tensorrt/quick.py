@@ -1,0 +1,143 @@
+"""The decorator form of the plugins (``tensorrt.plugin``) with ahead-of-time kernels.
+
+``register(trt, specs)`` declares each op to TensorRT's quickly deployable
+plugin registry: a shape and type description (``register``), the type
+combinations the kernel takes (``autotune``) and an ahead-of-time
+implementation (``aot_impl``) that compiles the op's Triton launch for the
+build GPU and hands TensorRT the PTX, the grid and the integer arguments. The
+engine then holds the kernels and runs without Python.
+
+The exported graphs have static shapes, so every size is a build-time
+constant: the kernel is specialised on them exactly as a launch from Python
+would be (``plugins.triton.aot.compile_for_cuda``), and a dynamic dimension is
+refused. Needs TensorRT >= 10.9 (``tensorrt.plugin.aot_impl``) and a GPU to
+build on; nothing here runs under TensorRT-RTX, which has no ``plugin``
+module. The signatures are spelled out per op because TensorRT reads each
+input's name and annotation from them (so no ``from __future__ import
+annotations`` in this module).
+"""
+
+import importlib
+import itertools
+from typing import Any, Sequence, Tuple
+
+import torch
+
+from ssmprune.plugins.tensorrt.buffers import TORCH_DTYPES, type_names
+from ssmprune.plugins.tensorrt.selective_scan import SPEC as SCAN
+from ssmprune.plugins.tensorrt.spec import NAMESPACE, TYPE_CLASSES, OpSpec
+from ssmprune.plugins.tensorrt.token_gather import SPEC as GATHER
+from ssmprune.plugins.triton import aot
+
+#: spec type names -> the names of ``tensorrt.plugin.AutoTuneCombination``.
+QDP_TYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int32": "INT32", "int64": "INT64"}
+
+
+def type_combinations(spec: OpSpec) -> list[str]:
+    """Every accepted assignment of types to the op's tensors (inputs, then
+    outputs), as TensorRT's comma-separated type strings."""
+    classes = spec.io_classes
+    free = sorted({c for c in classes if c != "T" and len(TYPE_CLASSES[c]) > 1})
+    out = []
+    for t, *rest in itertools.product(TYPE_CLASSES["T"], *(TYPE_CLASSES[c] for c in free)):
+        chosen = dict(zip(free, rest), T=t)
+        out.append(", ".join(QDP_TYPES[chosen.get(c, TYPE_CLASSES[c][0])] for c in classes))
+    return out
+
+
+def constant_shape(desc: Any) -> tuple[int, ...]:
+    """A ``TensorDesc``'s shape as ints; ValueError for a dynamic dimension."""
+    dims = [desc.shape_expr[i] for i in range(len(desc.shape_expr))]
+    if not all(d.is_constant for d in dims):
+        raise ValueError("ssmprune's AOT plugins need static shapes: export at a fixed "
+                         "batch and image size")
+    return tuple(int(d.constant_value()) for d in dims)
+
+
+def build_arch() -> int:
+    """The compute capability to compile for: the GPU present, else sm_90."""
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        return 10 * major + minor
+    return aot.DEFAULT_ARCH
+
+
+def aot_kernel(trt: Any, trtp: Any, spec: OpSpec, inputs: Sequence[Any],
+               outputs: Sequence[Any], values: dict[str, int]):
+    """(kernel name, PTX, launch parameters, integer arguments) for TensorRT."""
+    names = type_names(trt)
+
+    def placeholders(descs):
+        # Compiling reads dtypes, shapes and strides only; the memory is never touched.
+        return [torch.empty(constant_shape(d), dtype=TORCH_DTYPES[names[d.dtype]])
+                for d in descs]
+
+    launch = spec.make_launch(placeholders(inputs), placeholders(outputs), values)
+    compiled = aot.compile_for_cuda(launch, build_arch())
+    grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
+    params = trtp.KernelLaunchParams(grid_x=grid[0], grid_y=grid[1], grid_z=grid[2],
+                                     block_x=compiled.metadata.num_warps * aot.WARP_SIZE,
+                                     shared_mem=compiled.metadata.shared)
+    scalars = aot.scalar_arguments(compiled, launch)
+    extra = trtp.SymIntExprs(len(scalars))
+    for i, v in enumerate(scalars):
+        extra[i] = trtp.SymInt32(v)
+    return compiled.metadata.name, aot.without_idle_hidden_parameters(compiled), params, extra
+
+
+def register(trt: Any, specs: Sequence[OpSpec] = (SCAN, GATHER)) -> list[str]:
+    """Declare ``specs`` (the two ops) to ``trt.plugin``; returns their plugin ids."""
+    trtp = importlib.import_module(f"{trt.__name__}.plugin")
+    TensorDesc = trtp.TensorDesc
+    ids = {s.name: f"{NAMESPACE}::{s.name}" for s in specs}
+
+    def out_descs(spec, inputs, values):
+        dims = spec.output_dims([d.shape_expr for d in inputs], values, lambda v: v)
+        types = spec.output_types([type_names(trt)[d.dtype] for d in inputs])
+        to_trt = {v: k for k, v in type_names(trt).items()}
+        return tuple(trtp.from_shape_expr(trtp.ShapeExprs.from_tuple(tuple(ds)),
+                                          dtype=to_trt[t]) for ds, t in zip(dims, types))
+
+    def tune(spec):
+        return [trtp.AutoTuneCombination(types, "LINEAR") for types in type_combinations(spec)]
+
+    if SCAN.name in ids:
+        @trtp.register(ids[SCAN.name])
+        def scan_desc(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                      C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                      gap: TensorDesc, delta_softplus: int, has_z: int) -> Tuple[TensorDesc]:
+            return out_descs(SCAN, (u, delta, A, B, C, D, z, delta_bias, gap), {})
+
+        @trtp.autotune(ids[SCAN.name])
+        def scan_tune(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                      C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                      gap: TensorDesc, outputs: Tuple[TensorDesc]):
+            return tune(SCAN)
+
+        @trtp.aot_impl(ids[SCAN.name])
+        def scan_aot(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                     C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                     gap: TensorDesc, delta_softplus: int, has_z: int,
+                     outputs: Tuple[TensorDesc], tactic: int):
+            return aot_kernel(trt, trtp, SCAN, (u, delta, A, B, C, D, z, delta_bias, gap),
+                              outputs, {"delta_softplus": delta_softplus, "has_z": has_z})
+
+    if GATHER.name in ids:
+        @trtp.register(ids[GATHER.name])
+        def gather_desc(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
+                        protect: int, insert_at: int) -> Tuple[TensorDesc, TensorDesc]:
+            return out_descs(GATHER, (scores, positions, x), {"k": k, "protect": protect})
+
+        @trtp.autotune(ids[GATHER.name])
+        def gather_tune(scores: TensorDesc, positions: TensorDesc, x: TensorDesc,
+                        outputs: Tuple[TensorDesc, TensorDesc]):
+            return tune(GATHER)
+
+        @trtp.aot_impl(ids[GATHER.name])
+        def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
+                       protect: int, insert_at: int, outputs: Tuple[TensorDesc, TensorDesc],
+                       tactic: int):
+            return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs,
+                              {"k": k, "protect": protect, "insert_at": insert_at})
+
+    return list(ids.values())
