@@ -289,25 +289,6 @@ def step_evaluate(args, results: dict) -> None:
     results["grid"] = kept + rows
 
 
-@contextlib.contextmanager
-def differentiable_token_gather(model):
-    """Train through ``token_gather_ref`` instead of the ``ssmprune::token_gather`` op.
-
-    Avoids, when the op is called with its default ``protect`` / ``insert_at``
-    (PlainMamba's call), ``RuntimeError: Expected the return from backward to
-    be of the same structure as the inputs`` in loss.backward(): the op's
-    backward always returns six entries. The reference is what the op's CPU
-    forward runs, so the forward is unchanged; only autograd differs.
-    """
-    from unittest import mock
-
-    from ssmprune.ops.token_gather import token_gather_ref
-
-    module = sys.modules[type(model).__module__]
-    with mock.patch.object(module, "token_gather", token_gather_ref):
-        yield
-
-
 def step_finetune(args, results: dict) -> None:
     import torch
 
@@ -332,9 +313,8 @@ def step_finetune(args, results: dict) -> None:
             images, labels = held_out_for_model(model.config)
             before = accuracy(model, images, labels)
             torch.manual_seed(args.seed)
-            with differentiable_token_gather(model):
-                summary = fit(model, FINETUNE["epochs"], FINETUNE["lr"], args.seed,
-                              warmup_epochs=0, tag=f"{name} {alignment}/{best['importance']}")
+            summary = fit(model, FINETUNE["epochs"], FINETUNE["lr"], args.seed,
+                          warmup_epochs=0, tag=f"{name} {alignment}/{best['importance']}")
             after = evaluate_one(model, images, labels)
             runs.append(dict(alignment=alignment, importance=best["importance"],
                              keep_ratio=FINETUNE_RATIO, prune_after=list(PRUNE_AFTER),

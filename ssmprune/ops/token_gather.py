@@ -77,22 +77,37 @@ def token_gather_ref(scores: Tensor, positions: Tensor, tensors: list[Tensor], k
     return [gather_tokens(positions, idx)] + [gather_tokens(t, idx) for t in tensors]
 
 
+# The registered schema has no defaults on purpose: the dispatcher drops
+# trailing arguments equal to their schema defaults (even when passed), and
+# torch.library then checks the backward's six gradients against the shorter
+# argument list: "RuntimeError: Expected the return from backward to be of the
+# same structure as the inputs" whenever protect=-1 / insert_at=0. The defaults
+# live on the public wrapper ``token_gather`` below instead.
 @torch.library.custom_op(OP_NAME, mutates_args=())
-def token_gather(scores: Tensor, positions: Tensor, tensors: list[Tensor], k: int,
-                 protect: int = -1, insert_at: int = 0) -> list[Tensor]:
-    """``ssmprune::token_gather``: scores (b m) float, positions (b m) int64,
-    tensors each (b m ...) any dtype. Returns [positions (b k') int64,
-    *tensors gathered to (b k' ...)]."""
+def _token_gather_op(scores: Tensor, positions: Tensor, tensors: list[Tensor], k: int,
+                     protect: int, insert_at: int) -> list[Tensor]:
     return token_gather_ref(scores, positions, tensors, k, protect, insert_at)
 
 
-@token_gather.register_fake
-def _(scores, positions, tensors, k, protect=-1, insert_at=0):
+@_token_gather_op.register_fake
+def _(scores, positions, tensors, k, protect, insert_at):
     _check(scores, positions, tensors, k, protect, insert_at)
     kept = k + (1 if protect >= 0 else 0)
     b = scores.shape[0]
     return [positions.new_empty(b, kept)] + [t.new_empty((b, kept) + tuple(t.shape[2:]))
                                              for t in tensors]
+
+
+def token_gather(scores: Tensor, positions: Tensor, tensors: list[Tensor], k: int,
+                 protect: int = -1, insert_at: int = 0) -> list[Tensor]:
+    """``ssmprune::token_gather``: scores (b m) float, positions (b m) int64,
+    tensors each (b m ...) any dtype. Returns [positions (b k') int64,
+    *tensors gathered to (b k' ...)]. Differentiable in ``tensors``.
+
+    Always passes all six arguments to the op (see the comment above
+    ``_token_gather_op``); traced, it is one ``ssmprune::token_gather`` node.
+    """
+    return _token_gather_op(scores, positions, tensors, k, protect, insert_at)
 
 
 def _gather_setup_context(ctx, inputs, output):
@@ -115,4 +130,4 @@ def _gather_backward(ctx, grad_outputs):
     return None, None, grads, None, None, None
 
 
-token_gather.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+_token_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup_context)

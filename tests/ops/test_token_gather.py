@@ -97,6 +97,44 @@ def test_gradient_scatters_back_to_kept_tokens():
     assert x.grad[0, :, 0].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
+# Call forms of the public op: protect / insert_at omitted (PlainMamba), passed
+# with their default values, protect alone, and both (Vim).
+CALL_FORMS = {
+    "omitted": (),
+    "explicit_defaults": (-1, 0),
+    "protect_insert_at_0": (2, 0),
+    "protect_and_insert_at": (2, 1),
+}
+
+
+@pytest.mark.parametrize("form", CALL_FORMS)
+def test_gradient_matches_reference_in_every_call_form(form):
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 6, generator=g)
+    positions = torch.arange(6).expand(2, -1)
+    x = torch.randn(2, 6, 3, generator=g, requires_grad=True)
+    r = torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    extra = CALL_FORMS[form]
+    grads = []
+    for gather in (token_gather, token_gather_ref):
+        _, y, z = gather(scores, positions, [x, r], 3, *extra)
+        weights = torch.linspace(-1.0, 2.0, y.numel()).view_as(y)
+        grads.append(torch.autograd.grad((y * weights).sum() + (z ** 2).sum(), (x, r)))
+    for got, want in zip(*grads):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("form", CALL_FORMS)
+def test_gradcheck_in_every_call_form(form):
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    positions = torch.arange(5).expand(2, -1)
+    x = torch.randn(2, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    extra = CALL_FORMS[form]
+    assert torch.autograd.gradcheck(
+        lambda t: token_gather(scores, positions, [t], 3, *extra)[1], (x,))
+
+
 def test_free_tokens_scoring_minus_infinity_never_duplicate_the_protected_one():
     scores = torch.tensor([[1.0, 5.0, float("-inf"), float("-inf")]])
     pos, = token_gather(scores, torch.arange(4)[None], [], 3, 1, 1)
