@@ -168,6 +168,11 @@ def info(model, img_size, preset, keep_ratio, prune_after, importance, alignment
                    f"alignment {p['alignment']}")
 
 
+# run's options that build a model by name; an exported file has them fixed.
+MODEL_ONLY_OPTIONS = ("checkpoint", "seed", "img_size", "preset", "keep_ratio", "prune_after",
+                      "importance", "alignment")
+
+
 @main.command()
 @click.argument("model")
 @click.argument("images", nargs=-1, type=click.Path())
@@ -178,34 +183,99 @@ def info(model, img_size, preset, keep_ratio, prune_after, importance, alignment
 @click.option("--no-resize", is_flag=True, help="Require images already at the model's size.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs after warm-up.")
 @prune_options
-def run(model, images, checkpoint, seed, img_size, no_resize, repeats, preset, keep_ratio,
+@click.pass_context
+def run(ctx, model, images, checkpoint, seed, img_size, no_resize, repeats, preset, keep_ratio,
         prune_after, importance, alignment):
-    """Classify IMAGES with the PyTorch reference MODEL; print top-5 and latency.
+    """Classify IMAGES with MODEL; print top-5 per image and latency.
 
-    Without IMAGES it uses a real photo shipped with scikit-image.
+    MODEL is a model name (the PyTorch reference), an export folder or its
+    .onnx (ONNX Runtime, CUDA when available; a calibrated int8 export too),
+    or an engine from `ssmprune build` (TensorRT, needs an NVIDIA GPU). A
+    model name wins over a folder of that name: write ./NAME for the folder.
+    An exported file runs at its static batch: the last batch is padded with
+    its last image and only the given images are reported; the weights,
+    size and pruning options are refused for it. Without IMAGES it uses a
+    real photo shipped with scikit-image.
     """
+    from ssmprune.predict import names_a_file
+
+    if names_a_file(model):
+        from click.core import ParameterSource
+
+        given = [p.opts[0] for p in ctx.command.params if p.name in MODEL_ONLY_OPTIONS
+                 and ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT]
+        if given:
+            from ssmprune.errors import ConfigError
+
+            raise ConfigError(f"{', '.join(given)} build a model by name; {model} is an exported "
+                              "file whose weights, size and pruning are fixed: drop them, or "
+                              "export again with them")
+        _run_file(model, images, no_resize, repeats)
+        return
+
     import torch
 
     from ssmprune.images import batch_from_files, preprocess, sample_photo
-    from ssmprune.predict import build_model, timed_forward, top_k
+    from ssmprune.predict import build_model, timed_forward
 
     prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
     net, weights = build_model(model, checkpoint, seed, prune=prune, **_overrides(img_size))
     cfg = net.config
     click.echo(f"{model}: {weights}")
     if images:
-        x, names = batch_from_files(images, cfg, resize=not no_resize), list(images)
+        x, names = batch_from_files(images, cfg.img_size, cfg.mean, cfg.std, cfg.in_chans,
+                                    resize=not no_resize), list(images)
     else:
         x = preprocess(sample_photo(), cfg.img_size, cfg.mean, cfg.std)[None]
-        names = ["scikit-image sample photo 'chelsea'"]
+        names = [SAMPLE_PHOTO_NAME]
     logits, times = timed_forward(net, x, max(1, repeats))
     click.echo(f"input {tuple(x.shape)} -> output {tuple(logits.shape)} {logits.dtype}")
+    _echo_predictions(names, logits, times, x.shape[0],
+                      f"{torch.get_num_threads()} threads, CPU")
+
+
+SAMPLE_PHOTO_NAME = "scikit-image sample photo 'chelsea'"
+
+
+def _echo_predictions(names, logits, times, batch: int, where: str) -> None:
+    """Top-5 classes per image and the median latency: the same lines for every runtime."""
+    from ssmprune.predict import top_k
+
     for name, preds in zip(names, top_k(logits)):
-        best = ", ".join(f"{c}: {p:.3f}" for c, p in preds)
+        best = ", ".join(f"{c}: {p:.4f}" for c, p in preds)
         click.echo(f"{name}: top-5 classes {best}")
     med = sorted(times)[len(times) // 2]
-    click.echo(f"latency {med:.1f} ms per batch of {x.shape[0]} "
-               f"(median of {len(times)}, {torch.get_num_threads()} threads, CPU)")
+    click.echo(f"latency {med:.1f} ms per batch of {batch} (median of {len(times)}, {where})")
+
+
+def _run_file(path, images, no_resize, repeats) -> None:
+    """``run`` on an export folder, .onnx or engine file."""
+    import torch
+
+    from ssmprune.images import batch_from_files, preprocess, sample_photo
+    from ssmprune.predict import load_deployed, timed_batches
+
+    deployed = load_deployed(path)
+    cfg = deployed.manifest.config
+    click.echo(deployed.describe())
+    if images:
+        x, names = batch_from_files(images, cfg["img_size"], cfg["mean"], cfg["std"],
+                                    cfg["in_chans"], resize=not no_resize), list(images)
+    else:
+        x = preprocess(sample_photo(), cfg["img_size"], cfg["mean"], cfg["std"])[None]
+        names = [SAMPLE_PHOTO_NAME]
+    b = deployed.batch
+    logits, times = timed_batches(deployed.runtime.runner, deployed.input_name, x, b,
+                                  max(1, repeats))
+    where = deployed.where()
+    click.echo(f"runtime {where}")
+    click.echo(f"input {deployed.input_shape} -> output {(b, *logits.shape[1:])} {logits.dtype}")
+    if len(x) != b:
+        batches = -(-len(x) // b)
+        padded = ", the last padded with its last image" if len(x) % b else ""
+        click.echo(f"{len(x)} image(s) in {batches} batch(es) of {b} (the static batch)"
+                   f"{padded}; reported: the given images only")
+    _echo_predictions(names, torch.from_numpy(logits), times, b, where)
 
 
 @main.command()
@@ -297,7 +367,9 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
 @click.option("--images", multiple=True, type=click.Path(),
               help="Image file or directory, repeatable; default: scikit-image's sample photos.")
 @click.option("--runtimes", default="torch,onnxrt", show_default=True,
-              help="Comma-separated runtimes; the first is the reference.")
+              help="Comma-separated runtimes (torch, onnxrt, trt); the first is the reference.")
+@click.option("--engine", type=click.Path(), default=None,
+              help="TensorRT engine built from DIRECTORY by `ssmprune build`, for the trt runtime.")
 @click.option("--samples", type=int, default=16, show_default=True,
               help="Inputs to compare: photos and seeded random images.")
 @click.option("--checkpoint", type=click.Path(), default=None,
@@ -305,29 +377,32 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
 @click.option("--batch", type=int, default=None,
               help="Batch to run; must be the one DIRECTORY was exported for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def parity(directory, images, runtimes, samples, checkpoint, batch, as_json):
-    """Compare PyTorch and ONNX Runtime on the export in DIRECTORY (Polygraphy's comparator).
+def parity(directory, images, runtimes, engine, samples, checkpoint, batch, as_json):
+    """Compare PyTorch, ONNX Runtime and TensorRT on the export in DIRECTORY (Polygraphy).
 
     Reports per output the max/mean absolute and max relative error and
-    top-1 agreement against the first runtime, and fails (exit 2) when a
-    tolerance of the precision's table is exceeded.
+    top-1 agreement against the first runtime, and what ran each runtime
+    (ONNX Runtime's execution provider, TensorRT and GPU); fails (exit 2)
+    when a tolerance of the precision's table is exceeded. The trt runtime
+    runs --engine (needs an NVIDIA GPU) and is judged by the engine's precision.
     """
     from ssmprune.parity.compare import run_parity
     from ssmprune.parity.tolerances import ToleranceError
 
     names = tuple(r.strip() for r in runtimes.split(",") if r.strip())
-    report = run_parity(directory, images, names, samples, checkpoint, batch)
+    report = run_parity(directory, images, names, samples, checkpoint, batch, engine=engine)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
         click.echo(f"{report.inputs.get('real', 0)} real and {report.inputs.get('random', 0)} "
                    f"random inputs, batch {report.batch}, {report.precision}")
+        click.echo("runtimes: " + ", ".join(f"{r} ({p})" for r, p in report.providers.items()))
         click.echo(f"{'runtime':<10} {'output':<10} {'max_abs':>10} {'mean_abs':>10} "
                    f"{'max_rel':>10} {'top1':>7}  tolerance")
         for c in report.comparisons:
             click.echo(f"{c.runtime:<10} {c.output:<10} {c.max_abs:>10.3g} {c.mean_abs:>10.3g} "
-                       f"{c.max_rel:>10.3g} {c.top1_agreement:>7.1%}  {c.tolerance} "
-                       f"[{'ok' if c.passed else 'EXCEEDED'}] vs {c.reference}")
+                       f"{c.max_rel:>10.3g} {c.top1_agreement:>7.1%}  {c.precision}: "
+                       f"{c.tolerance} [{'ok' if c.passed else 'EXCEEDED'}] vs {c.reference}")
     if not report.passed:
         failed = [c for c in report.comparisons if not c.passed]
         raise ToleranceError("; ".join(

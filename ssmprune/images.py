@@ -74,9 +74,12 @@ def preprocess(img: Image.Image, img_size: int, mean, std, resize: bool = True) 
     return (x - mean_t) / std_t
 
 
-def batch_from_files(paths, config, resize: bool = True) -> Tensor:
-    """Image files -> (b, 3, img_size, img_size) for a model config."""
-    if config.in_chans != 3:
-        raise InputShapeError(f"images are RGB but the model takes {config.in_chans} channels")
-    return torch.stack([preprocess(load_image(p), config.img_size, config.mean, config.std,
-                                   resize) for p in paths])
+def batch_from_files(paths, img_size: int, mean, std, in_chans: int = 3,
+                     resize: bool = True) -> Tensor:
+    """Image files -> (b, 3, img_size, img_size) fp32, normalised with ``mean`` / ``std``.
+
+    ``in_chans`` is what the model takes: images are RGB, so anything but 3 is refused.
+    """
+    if in_chans != 3:
+        raise InputShapeError(f"images are RGB but the model takes {in_chans} channels")
+    return torch.stack([preprocess(load_image(p), img_size, mean, std, resize) for p in paths])

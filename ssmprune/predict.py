@@ -1,28 +1,54 @@
-"""Running the PyTorch reference model: weights, timing, top-k."""
+"""Running a model for ``ssmprune run``: the PyTorch reference, or an exported file.
+
+The reference is built by name (weights, timing, top-k). An export folder (or
+its .onnx) runs in ONNX Runtime and an engine from ``ssmprune build`` in
+TensorRT, both through the parity runners (``ssmprune.parity.runners``), with
+images preprocessed as the export's manifest says. Exported files have a
+static batch: ``timed_batches`` pads the last batch with its last image and
+returns only the real images' outputs.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssmprune.errors import BadInputFileError
 from ssmprune.models import create_model, load_checkpoint
+from ssmprune.models.digits import embedded_weights
+
+if TYPE_CHECKING:
+    from polygraphy.backend.base import BaseRunner
+
+    from ssmprune.exporter.manifest import Manifest
+    from ssmprune.parity.runners import Runtime
 
 DEFAULT_SEED = 0
 
 
 def build_model(name: str, checkpoint: Optional[str] = None, seed: int = DEFAULT_SEED,
                 **overrides) -> tuple[nn.Module, str]:
-    """A model with a checkpoint's weights, or seeded random weights.
+    """A model with a checkpoint's weights, the embedded weights of a digits model
+    when no checkpoint is given, or else seeded random weights.
 
     Returns the model in eval mode and a short description of its weights.
     """
     torch.manual_seed(seed)
     model = create_model(name, **overrides)
     if checkpoint is None:
-        return model, f"seeded random weights (seed {seed}): no pretrained checkpoint given"
+        checkpoint = embedded_weights(name)
+        if checkpoint is None:
+            return model, f"seeded random weights (seed {seed}): no pretrained checkpoint given"
+        load_checkpoint(model, checkpoint)
+        return model, f"embedded weights {checkpoint.name} (trained on scikit-learn digits)"
     load_checkpoint(model, checkpoint)
     return model, f"weights from {checkpoint}"
 
@@ -44,3 +70,127 @@ def top_k(logits: Tensor, k: int = 5) -> list[list[tuple[int, float]]]:
     probs = logits.float().softmax(-1)
     values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+
+
+def names_a_file(arg: str) -> bool:
+    """Whether ``run``'s MODEL argument is a path (export, .onnx, engine) rather than a model name.
+
+    A registered model name wins over a folder of that name (write ``./NAME``);
+    anything else that exists, has a path separator or a file suffix is a path.
+    """
+    from ssmprune.models import model_names
+
+    if arg in model_names():
+        return False
+    return Path(arg).exists() or "/" in arg or Path(arg).suffix != ""
+
+
+@dataclass
+class Deployed:
+    """An exported model ready to run outside PyTorch.
+
+    path: the export folder, .onnx or engine file given.
+    manifest: its export manifest (an engine's: the export it was built from);
+        images are preprocessed by ``manifest.config`` (img_size, mean, std).
+    runtime: the runner, its precision and what runs it.
+    label: "ONNX Runtime 1.32.0" before its provider; "" for an engine, whose
+        provider names the TensorRT flavour and GPU.
+    input_name, input_shape: the static input, (batch, c, h, w) fp32.
+    """
+
+    path: Path
+    manifest: Manifest
+    runtime: Runtime
+    label: str
+    input_name: str
+    input_shape: tuple[int, ...]
+
+    @property
+    def batch(self) -> int:
+        return self.input_shape[0]
+
+    def describe(self) -> str:
+        """One line: model, pruning, precision, batch and weights."""
+        m = self.manifest
+        pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
+        weights = (f"weights from {m.weights['checkpoint']}" if "checkpoint" in m.weights
+                   else f"seeded random weights (seed {m.weights.get('seed')})")
+        return (f"{self.path}: {m.model} {pruned}, {self.runtime.precision}, static batch "
+                f"{self.batch}, {weights}")
+
+    def where(self) -> str:
+        """What ran it, e.g. "ONNX Runtime 1.32.0, CPUExecutionProvider" or
+        "TensorRT 10.13.0.35 on sm_90"; known once the runner has been activated."""
+        return ", ".join(p for p in (self.label, self.runtime.provider()) if p)
+
+
+def load_deployed(path: str | os.PathLike) -> Deployed:
+    """An export folder or its .onnx (ONNX Runtime), or an engine file (TensorRT).
+
+    The export's files are checked against the sha256 in its manifest; an
+    engine against its manifest, this machine's TensorRT and GPU. Bad input
+    is a one-line ``SsmpruneError``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputFileError(f"{path} does not exist (expected a model name, an export "
+                                "folder, an .onnx file or an engine)")
+    if path.is_dir() or path.suffix == ".onnx":
+        return _onnx_deployed(path)
+    return _engine_deployed(path)
+
+
+def _onnx_deployed(path: Path) -> Deployed:
+    import onnxruntime as ort
+
+    from ssmprune.exporter.manifest import MODEL_FILE, read_export, verify_model_file
+    from ssmprune.parity.runners import RUNNER_FACTORIES, RunnerContext
+
+    directory, manifest = read_export(path)  # every listed file's sha256
+    verify_model_file(directory / MODEL_FILE)
+    runtime = RUNNER_FACTORIES["onnxrt"](RunnerContext(directory, manifest))
+    return Deployed(path, manifest, runtime, f"ONNX Runtime {ort.__version__}",
+                    manifest.input["name"], tuple(manifest.input["shape"]))
+
+
+def _engine_deployed(path: Path) -> Deployed:
+    from ssmprune.engine.manifest import manifest_path
+    from ssmprune.engine.runtime import check_engine
+    from ssmprune.exporter.manifest import Manifest
+    from ssmprune.parity.runners import Runtime, TrtRunner, require_engine_runtime
+
+    engine = check_engine(path)  # manifest, size and sha256, TensorRT version, GPU architecture
+    if engine.source is None:
+        raise BadInputFileError(f"engine {path} was built from a bare .onnx file: its manifest "
+                                "has no export manifest to preprocess images by; build it from "
+                                "an `ssmprune export` folder")
+    manifest = Manifest.from_json(json.dumps(engine.source), f"{manifest_path(path)} (source)")
+    require_engine_runtime(path)
+    (first,) = engine.onnx["inputs"]
+    runner = TrtRunner(path, first["name"], first["shape"], name="trt")
+    runtime = Runtime(runner, engine.precision, lambda: runner.provider)
+    return Deployed(path, manifest, runtime, "", first["name"], tuple(first["shape"]))
+
+
+def timed_batches(runner: BaseRunner, input_name: str, x: Tensor, batch: int,
+                  repeats: int = 3) -> tuple[np.ndarray, list[float]]:
+    """Run ``x`` (n, c, h, w) fp32 through a Polygraphy runner of static ``batch``.
+
+    The images go in batches of ``batch``, the last padded by repeating its
+    last image. One warm-up run, one run per batch, then ``repeats`` timed runs
+    of the first batch (the runner's own inference time, in ms). Returns the
+    first output for the n real images, (n, ...), and the latencies.
+    """
+    n = x.shape[0]
+    pad = -n % batch
+    if pad:
+        x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+    feeds = [{input_name: x[i:i + batch].contiguous().numpy()} for i in range(0, len(x), batch)]
+    with runner:
+        runner.infer(feeds[0])
+        outputs = [next(iter(runner.infer(feed).values())) for feed in feeds]
+        times = []
+        for _ in range(repeats):
+            runner.infer(feeds[0])
+            times.append(runner.last_inference_time() * 1e3)
+    return np.concatenate(outputs)[:n], times

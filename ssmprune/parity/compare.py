@@ -9,8 +9,10 @@ output, against the first runtime (the reference):
     max_rel   max over samples of max |actual - reference| / max |reference|
     top1      fraction of samples whose arg-max class agrees
 
-Tolerances come from ``tolerances.TOLERANCES`` by the file's precision.
-Every output of every runtime is reported before the verdict.
+Tolerances come from ``tolerances.TOLERANCES`` by the file's precision; a
+comparison with a TensorRT engine built at another precision than its export
+(e.g. fp16 builder flags) is judged by the engine's. Every output of every
+runtime is reported before the verdict, with what ran each runtime.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ssmprune.exporter.manifest import MODEL_FILE, Manifest, read_export, verify
 from ssmprune.parity.tolerances import tolerance_for
 
 RUNTIMES = ("torch", "onnxrt")  # the default comparison; runners.RUNNER_FACTORIES has all
+ENGINE_RUNTIME = "trt"
 DEFAULT_SAMPLES = 16
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -46,22 +49,30 @@ class Comparison:
     samples: int
     tolerance: str
     passed: bool
+    precision: str  # the tolerance table's row it was judged by
 
 
 @dataclass
 class ParityReport:
+    """The verdict, every comparison, and what ran each runtime.
+
+    providers: runtime -> what ran it: the torch device, the ONNX Runtime
+    execution provider, the TensorRT flavour and GPU.
+    """
+
     passed: bool
     comparisons: list[Comparison]
     precision: str
     batch: int
     inputs: dict[str, int] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    providers: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"passed": self.passed,
                 "comparisons": [dataclasses.asdict(c) for c in self.comparisons],
                 "precision": self.precision, "batch": self.batch, "inputs": self.inputs,
-                "sources": self.sources}
+                "sources": self.sources, "providers": self.providers}
 
 
 def _image_files(paths: Sequence[str]) -> list[Path]:
@@ -130,18 +141,30 @@ def _compare(runtime: str, reference: str, output: str, actual: np.ndarray,
           and (tol.top1 is None or top1 >= tol.top1)
           and bool(np.isfinite(a).all()))
     return Comparison(runtime, reference, output, float(diff.max()), float(diff.mean()), max_rel,
-                      top1, int(a.shape[0]), tol.describe(), ok)
+                      top1, int(a.shape[0]), tol.describe(), ok, precision)
+
+
+def _judged_precision(runtime: str, reference: str, precisions: dict[str, str],
+                      export_precision: str) -> str:
+    """The precision a comparison is judged by: a side that does not run at the export's own
+    precision (an engine built with fp16 flags) sets it, whichever side it is on."""
+    other = [precisions[r] for r in (runtime, reference) if precisions[r] != export_precision]
+    return other[0] if other else export_precision
 
 
 def run_parity(path: str | Path, images: Sequence[str] = (),
                runtimes: Sequence[str] = RUNTIMES, samples: int = DEFAULT_SAMPLES,
                checkpoint: Optional[str] = None, batch: Optional[int] = None,
-               threads: int = 0, seed: int = 0) -> ParityReport:
+               threads: int = 0, seed: int = 0, engine: Optional[str | Path] = None
+               ) -> ParityReport:
     """Compare ``runtimes`` on the export at ``path``; the first runtime is the reference.
 
+    ``engine`` is the TensorRT engine the ``trt`` runtime runs, built from
+    this export (its manifest's ONNX sha256 must be the export's).
     Raises ``SsmpruneError`` for bad input (no manifest, sha256 mismatch, a
     file not written by ssmprune, a batch the file was not exported for,
-    unknown runtimes); a failed comparison is reported with ``passed=False``.
+    unknown runtimes, an engine of another ONNX, no GPU or TensorRT for
+    ``trt``); a failed comparison is reported with ``passed=False``.
     """
     from ssmprune.parity.runners import RUNNER_FACTORIES, RunnerContext
 
@@ -149,6 +172,9 @@ def run_parity(path: str | Path, images: Sequence[str] = (),
     if unknown or len(runtimes) < 2 or len(set(runtimes)) != len(runtimes):
         raise ConfigError(f"--runtimes needs two or more of {', '.join(RUNNER_FACTORIES)} "
                           f"(the first is the reference), got {','.join(runtimes)}")
+    if engine is not None and ENGINE_RUNTIME not in runtimes:
+        raise ConfigError(f"--engine is run by the {ENGINE_RUNTIME} runtime: add it, e.g. "
+                          f"--runtimes torch,onnxrt,{ENGINE_RUNTIME}")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
     directory, manifest = read_export(path)
@@ -156,24 +182,29 @@ def run_parity(path: str | Path, images: Sequence[str] = (),
     if batch is not None and batch != manifest.batch:
         raise InputShapeError(f"{directory} was exported for batch {manifest.batch}, not {batch}; "
                               f"export it again with --batch {batch}")
+    # Every runtime is set up (and refused, e.g. trt without a GPU) before any of them runs.
+    context = RunnerContext(directory, manifest, checkpoint, threads,
+                            Path(engine) if engine is not None else None)
+    built = {runtime: RUNNER_FACTORIES[runtime](context) for runtime in runtimes}
     x, counts, names = parity_samples(manifest, images, samples, seed)
     b, input_name = manifest.batch, manifest.input["name"]
     feeds = [OrderedDict([(input_name, x[i:i + b])]) for i in range(0, len(x), b)]
-    context = RunnerContext(directory, manifest, checkpoint, threads)
-    runners = [RUNNER_FACTORIES[runtime](context) for runtime in runtimes]
 
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-        results = Comparator.run(runners, data_loader=feeds)
+        results = Comparator.run([built[r].runner for r in runtimes], data_loader=feeds)
     outputs = {name: {o: np.concatenate([it[o] for it in iterations])
                       for o in iterations[0].keys()}
                for name, iterations in results}
     reference = runtimes[0]
+    precisions = {r: built[r].precision for r in runtimes}
     comparisons = [
         _compare(runtime, reference, output, outputs[runtime][output],
-                 outputs[reference][output], manifest.precision)
+                 outputs[reference][output],
+                 _judged_precision(runtime, reference, precisions, manifest.precision))
         for runtime in runtimes[1:] for output in outputs[reference]]
     return ParityReport(all(c.passed for c in comparisons), comparisons, manifest.precision,
-                        manifest.batch, counts, names)
+                        manifest.batch, counts, names,
+                        {r: built[r].provider() for r in runtimes})

@@ -1,13 +1,17 @@
-"""Polygraphy runners for the runtimes parity compares.
+"""Polygraphy runners for the runtimes parity compares (and ``ssmprune run`` uses).
 
 Polygraphy's ``PytRunner`` moves the model to CUDA unconditionally, so the
 PyTorch reference runs in ``TorchRunner`` (any device, inference mode).
-``SessionFromOnnx`` offers no hook for session options, so the ONNX Runtime
-session is built here and handed to Polygraphy's ``OnnxrtRunner``.
+``SessionFromOnnx`` offers no hook for session options or providers, so the
+ONNX Runtime session is built here (``onnxrt_session``, CUDA when there is one,
+see ``onnxrt_providers``) and handed to Polygraphy's ``OnnxrtRunner``.
+Polygraphy's ``TrtRunner`` imports ``tensorrt`` and cannot load a TensorRT-RTX
+engine nor check it against its manifest, so ``TrtRunner`` here wraps
+``ssmprune.engine.runtime.EngineRunner``.
 
-``RUNNER_FACTORIES`` maps each ``--runtimes`` name to a factory that builds
-its runner for an export; another runtime (TensorRT) registers itself with
-``@register_runtime("tensorrt")``.
+``RUNNER_FACTORIES`` maps each ``--runtimes`` name (``torch``, ``onnxrt``,
+``trt``) to a factory that builds its ``Runtime`` (runner, precision, what ran
+it) for an export; a factory registers with ``@register_runtime(name)``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -64,12 +68,34 @@ class TorchRunner(BaseRunner):
         pass
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def onnxrt_providers() -> list[Any]:
+    """ONNX Runtime execution providers to ask for, best first.
+
+    CUDA (the ``[gpu]`` extra's onnxruntime-gpu) when ONNX Runtime offers it
+    and torch sees a CUDA GPU, then CPU; else CPU alone. Returns provider
+    names, or ``(name, options)`` pairs.
+    """
+    import onnxruntime as ort
+
+    if CUDA_PROVIDER in ort.get_available_providers() and torch.cuda.is_available():
+        # The CUDA provider allows TF32 matmuls and convolutions by default: about 1e-3
+        # relative error, ten times the fp32 parity tolerance.
+        return [(CUDA_PROVIDER, {"use_tf32": "0"}), CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
 def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "all"):
-    """An ``onnxruntime.InferenceSession`` on the CPU, with our session options.
+    """An ``onnxruntime.InferenceSession`` with our options, on ``onnxrt_providers()``.
 
     path: the ONNX file, or its serialised bytes.
     threads: intra-op threads, 0 for ONNX Runtime's default.
     optimization: "all", "extended", "basic" or "disabled" graph optimisation.
+    ``session.get_providers()[0]`` says which provider runs it (ONNX Runtime
+    falls back to the CPU when the CUDA provider cannot start).
     """
     import onnxruntime as ort
 
@@ -82,30 +108,114 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
     options.graph_optimization_level = levels[optimization]
     options.log_severity_level = 3
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=onnxrt_providers())
 
 
-def onnxrt_runner(path: Path, threads: int = 0, name: str = "onnxrt") -> OnnxrtRunner:
-    """Polygraphy's ``OnnxrtRunner`` over a session from ``onnxrt_session``."""
-    return OnnxrtRunner(lambda: onnxrt_session(path, threads), name=name)
+class OnnxrtSessionFromPath:
+    """A lazy ``onnxrt_session`` for ``OnnxrtRunner``; remembers the provider that ran it."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        self.path, self.threads = path, threads
+        self.provider: Optional[str] = None
+
+    def __call__(self):
+        session = onnxrt_session(self.path, self.threads)
+        self.provider = session.get_providers()[0]
+        return session
+
+
+def require_engine_runtime(engine_path: Path) -> None:
+    """Refuse, naming what is missing, when this machine cannot run an engine at all.
+
+    Checked before anything runs (``load_engine`` would find out only after the
+    other runtimes), and naming both an absent GPU and an absent TensorRT.
+    """
+    from ssmprune.engine import trt as trt_mod
+    from ssmprune.engine.errors import NoGpuError, TensorRTUnavailableError
+
+    no_gpu = trt_mod.current_gpu_arch() is None
+    no_trt = trt_mod.installed() is None
+    missing = (["an NVIDIA GPU (torch sees no CUDA device)"] if no_gpu else []) + \
+        (["TensorRT (`pip install tensorrt`, the [gpu] extra) or TensorRT-RTX"] if no_trt else [])
+    if missing:
+        error = NoGpuError if no_gpu else TensorRTUnavailableError
+        raise error(f"running engine {engine_path.name} needs {' and '.join(missing)}: "
+                    "not found on this machine")
+
+
+class TrtRunner(BaseRunner):
+    """Runs a TensorRT engine (``EngineRunner``) on numpy feeds; outputs come back as CPU numpy.
+
+    input_name / input_shape: the engine's one input, fed as fp32 (the engine
+    casts it to its own type). Outputs are fp32 numpy arrays by output name.
+    ``provider`` names the TensorRT flavour and GPU once activated.
+    """
+
+    def __init__(self, engine_path: Path, input_name: str, input_shape: Sequence[int],
+                 name: Optional[str] = None):
+        super().__init__(name=name, prefix="trt-runner")
+        self.engine_path = Path(engine_path)
+        self.input_name, self.input_shape = input_name, tuple(input_shape)
+        self.engine = None
+        self.provider: Optional[str] = None
+
+    def activate_impl(self) -> None:
+        from ssmprune.engine import trt as trt_mod
+        from ssmprune.engine.runtime import EngineRunner
+
+        self.engine = EngineRunner(self.engine_path).activate()
+        self.provider = f"{self.engine.loaded.flavour.display} on {trt_mod.current_gpu_arch()}"
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(self.input_name, DataType.FLOAT32, self.input_shape)
+
+    def infer_impl(self, feed_dict) -> OrderedDict:
+        x = torch.as_tensor(np.ascontiguousarray(feed_dict[self.input_name]))
+        start = time.perf_counter()
+        outs = self.engine.infer({self.input_name: x})  # copies in, runs, synchronizes
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((name, t.float().cpu().numpy()) for name, t in outs.items())
+
+    def deactivate_impl(self) -> None:
+        self.engine.deactivate()
+        self.engine = None
 
 
 @dataclass(frozen=True)
 class RunnerContext:
-    """What a runtime's runner factory gets: the export and the run's settings."""
+    """What a runtime's runner factory gets: the export and the run's settings.
+
+    engine: the TensorRT engine the ``trt`` runtime runs (``--engine``).
+    """
 
     directory: Path
     manifest: Manifest
     checkpoint: Optional[str] = None
     threads: int = 0
+    engine: Optional[Path] = None
 
 
-RunnerFactory = Callable[[RunnerContext], BaseRunner]
+@dataclass
+class Runtime:
+    """One runtime ready for Polygraphy's ``Comparator.run``.
+
+    runner: its Polygraphy runner.
+    precision: the row of the tolerance table its outputs are judged by.
+    provider: what ran it (torch device, ONNX Runtime provider, TensorRT and
+        GPU); known once the runner has been activated.
+    """
+
+    runner: BaseRunner
+    precision: str
+    provider: Callable[[], str]
+
+
+RunnerFactory = Callable[[RunnerContext], Runtime]
 RUNNER_FACTORIES: dict[str, RunnerFactory] = {}
 
 
 def register_runtime(name: str) -> Callable[[RunnerFactory], RunnerFactory]:
-    """Register a runner factory under a ``--runtimes`` name (e.g. ``tensorrt``)."""
+    """Register a runtime factory under a ``--runtimes`` name (e.g. ``trt``)."""
     def wrap(factory: RunnerFactory) -> RunnerFactory:
         if name in RUNNER_FACTORIES:
             raise ValueError(f"runtime {name!r} registered twice")
@@ -115,16 +225,44 @@ def register_runtime(name: str) -> Callable[[RunnerFactory], RunnerFactory]:
 
 
 @register_runtime("torch")
-def _torch_runner(ctx: RunnerContext) -> BaseRunner:
+def _torch_runner(ctx: RunnerContext) -> Runtime:
     from ssmprune.exporter.export import model_from_manifest
 
     m = ctx.manifest
-    return TorchRunner(model_from_manifest(m, ctx.checkpoint), m.input["name"], m.input["shape"],
-                       [o["name"] for o in m.outputs], name="torch")
+    runner = TorchRunner(model_from_manifest(m, ctx.checkpoint), m.input["name"],
+                         m.input["shape"], [o["name"] for o in m.outputs], name="torch")
+    return Runtime(runner, m.precision, lambda: str(runner.device))
 
 
 @register_runtime("onnxrt")
-def _onnxrt_runner(ctx: RunnerContext) -> BaseRunner:
+def _onnxrt_runner(ctx: RunnerContext) -> Runtime:
     from ssmprune.exporter.manifest import MODEL_FILE
 
-    return onnxrt_runner(ctx.directory / MODEL_FILE, ctx.threads, name="onnxrt")
+    session = OnnxrtSessionFromPath(ctx.directory / MODEL_FILE, ctx.threads)
+    return Runtime(OnnxrtRunner(session, name="onnxrt"), ctx.manifest.precision,
+                   lambda: session.provider)
+
+
+@register_runtime("trt")
+def _trt_runner(ctx: RunnerContext) -> Runtime:
+    """The engine at ``ctx.engine``, checked against its manifest, this machine and the export."""
+    from ssmprune.engine.errors import EngineFileError
+    from ssmprune.engine.runtime import check_engine
+    from ssmprune.errors import ConfigError
+    from ssmprune.exporter.manifest import MODEL_FILE
+
+    if ctx.engine is None:
+        raise ConfigError("the trt runtime needs --engine ENGINE (written by `ssmprune build` "
+                          f"from {ctx.directory})")
+    engine = check_engine(ctx.engine)  # the file's sha256, TensorRT version, GPU architecture
+    built_from = engine.onnx.get("sha256")
+    onnx_sha = ctx.manifest.files.get(MODEL_FILE, {}).get("sha256")
+    if built_from != onnx_sha:
+        raise EngineFileError(
+            f"engine {ctx.engine} was built from another ONNX (sha256 {str(built_from)[:12]}...) "
+            f"than {ctx.directory / MODEL_FILE} ({str(onnx_sha)[:12]}...): build it again with "
+            f"`ssmprune build {ctx.directory}`")
+    require_engine_runtime(ctx.engine)
+    m = ctx.manifest
+    runner = TrtRunner(ctx.engine, m.input["name"], m.input["shape"], name="trt")
+    return Runtime(runner, engine.precision, lambda: runner.provider)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 from exporter.export_cases import exports  # noqa: F401  (fixture)
+from parity.engine_cases import fake_engine, pretend_tensorrt
 
 from cli_helpers import assert_one_line_error, invoke
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
@@ -45,6 +46,7 @@ def test_parity_table(exports):
                                "--samples", 2)
     assert result.exit_code == 0, result.output
     assert "onnxrt" in stdout and "logits" in stdout and "[ok]" in stdout
+    assert "runtimes: torch (cpu), onnxrt (" in stdout and "fp32: max_rel <= 0.0001" in stdout
 
 
 def test_parity_failure_exits_nonzero_with_json(exports, tmp_path):
@@ -133,3 +135,19 @@ def test_parity_bad_image(tmp_path, exports):
     result, _, stderr = invoke("parity", exports.get("vim_dense").directory,
                                "--images", tmp_path / "fake.png")
     assert_one_line_error(result, stderr, "not a readable image")
+
+
+def test_parity_trt_without_engine(exports):
+    result, _, stderr = invoke("parity", exports.get("vim_dense").directory,
+                               "--runtimes", "torch,onnxrt,trt")
+    assert_one_line_error(result, stderr, "the trt runtime needs --engine ENGINE")
+
+
+def test_parity_trt_without_gpu(exports, tmp_path, monkeypatch):
+    pretend_tensorrt(monkeypatch, installed=True, gpu=None)
+    directory = exports.get("vim_dense").directory
+    engine = fake_engine(directory, tmp_path / "m.engine")
+    result, stdout, stderr = invoke("parity", directory, "--runtimes", "torch,onnxrt,trt",
+                                    "--engine", engine, "--json")
+    assert_one_line_error(result, stderr, "running engine m.engine needs an NVIDIA GPU")
+    assert stdout == ""
