@@ -9,7 +9,8 @@ Prints markdown tables for benchmarks/RESULTS.md:
    ORT vs PyTorch eager on the same pruned model, same thread count;
 3. one selective scan at Vim-S sizes: the chunked ONNX body (the one the
    exporter writes, and another chunk length) vs a per-token ONNX ``Scan``
-   body vs the PyTorch op (fused C kernel).
+   body vs the PyTorch op (fused C kernel), and the floor of any standard-op
+   body: its b*l*d*n decay exponentials alone.
 All timings are interleaved medians (timing.py), on seeded random weights.
 """
 
@@ -22,7 +23,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved, machine  # noqa: E402
@@ -95,6 +98,22 @@ def scan_inputs(batch: int) -> dict[str, np.ndarray]:
     )
 
 
+def exponentials_floor_model(batch: int) -> onnx.ModelProto:
+    """The b*l*d*n decay exponentials every standard-op scan body computes,
+    exp(dt * A), and one reduction of them: a lower bound on any such body."""
+    nodes = [helper.make_node("Unsqueeze", ["delta", "axis"], ["dt"]),
+             helper.make_node("Mul", ["dt", "A"], ["dA"]),
+             helper.make_node("Exp", ["dA"], ["decay"]),
+             helper.make_node("ReduceSum", ["decay", "axis"], ["y"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "exponentials",
+        [helper.make_tensor_value_info("delta", TensorProto.FLOAT, [batch, L, D_INNER]),
+         helper.make_tensor_value_info("A", TensorProto.FLOAT, [D_INNER, N])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array([3], np.int64), "axis")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
 def bench_scan(args) -> None:
     other = 16 if DEFAULT_CHUNK != 16 else 32
     bodies = {f"chunked T={DEFAULT_CHUNK}": functools.partial(selective_scan_function,
@@ -103,8 +122,9 @@ def bench_scan(args) -> None:
               "Scan loop": selective_scan_loop_function}
     print(f"\nOne selective scan, d_inner {D_INNER}, N {N}, L {L}, fp32, softplus, z gate\n")
     print("| batch | " + " | ".join(f"ONNX {k} ms" for k in bodies) + " | torch op (C kernel) ms "
-          f"| Scan loop / chunked T={DEFAULT_CHUNK} |")
-    print("|---" * (len(bodies) + 3) + "|")
+          f"| exponentials floor ms | Scan loop / chunked T={DEFAULT_CHUNK} "
+          "| Scan loop / floor |")
+    print("|---" * (len(bodies) + 5) + "|")
     for batch in args.batch:
         inputs = scan_inputs(batch)
         candidates = {}
@@ -112,13 +132,18 @@ def bench_scan(args) -> None:
             model = op_model(SELECTIVE_SCAN, inputs, SCAN_OUTPUTS, dict(delta_softplus=1), body)
             session = onnxrt_session(model.SerializeToString(), args.threads)
             candidates[name] = functools.partial(session.run, None, inputs)
+        floor = onnxrt_session(exponentials_floor_model(batch).SerializeToString(), args.threads)
+        floor_feed = {"delta": np.ascontiguousarray(inputs["delta"].transpose(0, 2, 1)),
+                      "A": inputs["A"]}
+        candidates["floor"] = functools.partial(floor.run, None, floor_feed)
         tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
         candidates["torch"] = lambda: selective_scan(**tensors, delta_softplus=True)
         with torch.inference_mode():
             ms = interleaved(candidates, args.repeats)
         print(f"| {batch} | " + " | ".join(f"{ms[k]:.1f}" for k in bodies)
-              + f" | {ms['torch']:.1f} | "
-              f"{ms['Scan loop'] / ms[f'chunked T={DEFAULT_CHUNK}']:.2f}x |")
+              + f" | {ms['torch']:.1f} | {ms['floor']:.1f} | "
+              f"{ms['Scan loop'] / ms[f'chunked T={DEFAULT_CHUNK}']:.2f}x | "
+              f"{ms['Scan loop'] / ms['floor']:.2f}x |")
 
 
 def main() -> None:
