@@ -1,8 +1,11 @@
 """Running the CLI in-process and checking its one-line errors (shared by the CLI tests)."""
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from ssmprune.cli import main
+from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
 
 
 def invoke(*args):
@@ -20,3 +23,12 @@ def assert_one_line_error(result, stderr, *fragments):
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     assert stderr.splitlines()[-1].startswith("FAILED | Runtime:")
+
+
+def tampered_copy(export_dir: Path, dest: Path) -> Path:
+    """A copy of an export whose model.onnx no longer matches its manifest's sha256."""
+    for name in (MODEL_FILE, MANIFEST_FILE):
+        (dest / name).write_bytes((export_dir / name).read_bytes())
+    with open(dest / MODEL_FILE, "ab") as f:
+        f.write(b"\0")
+    return dest

@@ -7,10 +7,10 @@ from exporter.export_cases import exports  # noqa: F401  (session fixture)
 from parity.engine_cases import fake_engine, pretend_tensorrt
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import assert_one_line_error, invoke, tampered_copy
 from ssmprune.engine import trt as trt_mod
 from ssmprune.exporter import ExportOptions, export
-from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
+from ssmprune.exporter.manifest import MODEL_FILE
 from ssmprune.models.digits import embedded_weights
 
 DIGITS = ["--checkpoint", str(embedded_weights("vim_digits")), "--prune", "vim_digits_top"]
@@ -132,12 +132,7 @@ def test_folder_without_manifest(exports, tmp_path):
 
 
 def test_sha256_mismatch(exports, tmp_path):
-    source = exports.get("vim_dense").directory
-    for name in (MODEL_FILE, MANIFEST_FILE):
-        (tmp_path / name).write_bytes((source / name).read_bytes())
-    with open(tmp_path / MODEL_FILE, "ab") as f:
-        f.write(b"\0")
-    result, _, err = invoke("run", tmp_path)
+    result, _, err = invoke("run", tampered_copy(exports.get("vim_dense").directory, tmp_path))
     assert_one_line_error(result, err, "does not match the sha256")
 
 

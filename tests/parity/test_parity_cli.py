@@ -6,7 +6,7 @@ import pytest
 from exporter.export_cases import exports  # noqa: F401  (fixture)
 from parity.engine_cases import fake_engine, pretend_tensorrt
 
-from cli_helpers import assert_one_line_error, invoke
+from cli_helpers import assert_one_line_error, invoke, tampered_copy
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
 
 
@@ -111,12 +111,8 @@ def test_parity_foreign_onnx_with_manifest(tmp_path, exports):
 
 
 def test_parity_sha_mismatch(tmp_path, exports):
-    source = exports.get("vim_dense").directory
-    for name in (MODEL_FILE, MANIFEST_FILE):
-        (tmp_path / name).write_bytes((source / name).read_bytes())
-    with open(tmp_path / MODEL_FILE, "ab") as f:
-        f.write(b"\0")
-    result, _, stderr = invoke("parity", tmp_path)
+    result, _, stderr = invoke("parity", tampered_copy(exports.get("vim_dense").directory,
+                                                       tmp_path))
     assert_one_line_error(result, stderr, "does not match the sha256")
 
 
