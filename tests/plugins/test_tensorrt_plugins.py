@@ -299,3 +299,108 @@ def test_plugin_engine_matches_torch(case, form, tmp_path, monkeypatch):
     with torch.no_grad():
         assert max_rel_error(out.cpu(), model(x)) <= 1e-4
 
+
+
+# ---- the decorator form against a stand-in tensorrt.plugin -----------------------------------
+
+class _Dim:
+    def __init__(self, value):
+        self.value = value
+        self.is_constant = value is not None
+
+    def constant_value(self):
+        return self.value
+
+
+class _Shape(list):
+    @classmethod
+    def from_tuple(cls, dims):
+        return cls(d if isinstance(d, _Dim) else _Dim(d) for d in dims)
+
+
+class _FakeQdp:
+    """The parts of ``tensorrt.plugin`` that ``quick`` uses, recording what is declared."""
+
+    def __init__(self):
+        self.declared = {}
+        self.ShapeExprs = _Shape
+        self.TensorDesc = type("TensorDesc", (), {})
+        self.KernelLaunchParams = lambda **kw: kw
+        self.SymIntExprs = lambda n: [None] * n
+        self.SymInt32 = int
+        self.AutoTuneCombination = lambda types, formats: (types, formats)
+
+    def from_shape_expr(self, shape, dtype):
+        desc = self.TensorDesc()
+        desc.shape_expr, desc.dtype = shape, dtype
+        return desc
+
+    def __getattr__(self, kind):  # register / autotune / aot_impl
+        def decorator(plugin_id):
+            def record(fn):
+                self.declared[kind, plugin_id] = fn
+                return fn
+            return record
+        return decorator
+
+
+@needs_trt
+def test_decorator_form_declares_and_compiles_both_ops(monkeypatch):
+    import inspect
+    import sys
+
+    trt = FLAVOUR.trt
+    fake = _FakeQdp()
+    monkeypatch.setitem(sys.modules, f"{trt.__name__}.plugin", fake)
+    assert quick.register(trt) == ["ssmprune::SelectiveScan", "ssmprune::TokenGather"]
+
+    def desc(shape, dtype):
+        return fake.from_shape_expr(_Shape.from_tuple(shape), dtype)
+
+    # TensorRT reads the inputs and attributes from the signatures.
+    for spec in (SCAN, GATHER):
+        pid = f"ssmprune::{spec.name}"
+        params = list(inspect.signature(fake.declared["register", pid]).parameters)
+        assert params == [n for n, _ in spec.inputs] + [n for n, _ in spec.fields]
+        aot_params = list(inspect.signature(fake.declared["aot_impl", pid]).parameters)
+        assert aot_params == params + ["outputs", "tactic"]
+
+    f32, i64 = trt.float32, trt.int64
+    x = desc((2, 17, 24), trt.float16)
+    kept_pos, kept_x = fake.declared["register", "ssmprune::TokenGather"](
+        desc((2, 17), f32), desc((2, 17), i64), x, 8, 0, 4)
+    assert [d.value for d in kept_x.shape_expr] == [2, 9, 24] and kept_x.dtype == trt.float16
+    assert [d.value for d in kept_pos.shape_expr] == [2, 9] and kept_pos.dtype == i64
+    assert len(fake.declared["autotune", "ssmprune::TokenGather"](
+        desc((2, 17), f32), desc((2, 17), i64), x, ())) == 3
+
+    name, ptx, params, extra = fake.declared["aot_impl", "ssmprune::TokenGather"](
+        desc((2, 17), f32), desc((2, 17), i64), desc((2, 17, 24), f32), 8, 0, 4,
+        (desc((2, 9), i64), desc((2, 9, 24), f32)), 0)
+    assert name == "_token_gather_kernel" and params["grid_x"] == 2
+    assert params["block_x"] % 32 == 0 and extra[:5] == [17, 8, 0, 4, 9]
+    assert len(aot.entry_parameters(ptx)) == 5 + len(extra)
+
+    b, d, l, n = 1, 32, 20, 16
+    scan_in = [desc((b, d, l), f32), desc((b, d, l), f32), desc((d, n), f32),
+               desc((b, n, l), f32), desc((b, n, l), f32), desc((d,), f32),
+               desc((b, d, l), f32), desc((d,), f32), desc((b, l), i64)]
+    (y,) = fake.declared["register", "ssmprune::SelectiveScan"](*scan_in, 1, 1)
+    assert [v.value for v in y.shape_expr] == [b, d, l] and y.dtype == f32
+    name, ptx, params, extra = fake.declared["aot_impl", "ssmprune::SelectiveScan"](
+        *scan_in, 1, 1, (desc((b, d, l), f32),), 0)
+    assert name == "_selective_scan_kernel" and len(aot.entry_parameters(ptx)) == 10 + len(extra)
+    assert (params["grid_x"], params["grid_y"]) == (b, d // 8)
+
+
+@needs_trt
+def test_decorator_form_refuses_dynamic_shapes(monkeypatch):
+    import sys
+
+    fake = _FakeQdp()
+    monkeypatch.setitem(sys.modules, f"{FLAVOUR.trt.__name__}.plugin", fake)
+    quick.register(FLAVOUR.trt)
+    dynamic = fake.from_shape_expr(_Shape.from_tuple((_Dim(None), 17)), FLAVOUR.trt.float32)
+    with pytest.raises(ValueError, match="static shapes"):
+        fake.declared["aot_impl", "ssmprune::TokenGather"](
+            dynamic, dynamic, dynamic, 8, 0, 4, (dynamic, dynamic), 0)
