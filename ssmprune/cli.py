@@ -325,7 +325,7 @@ def _megabytes(n: int) -> str:
 @prune_options
 @click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Precision of the exported graph.")
+              help="Precision of the graph (fp16: fp16 weights and activations, fp32 input and logits).")
 @click.option("--flavor", type=click.Choice(["plugins", "standard"]), default="plugins",
               show_default=True,
               help="plugins: ssmprune:: custom nodes with standard-op bodies; "
@@ -351,7 +351,7 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
     m = result.manifest
     growth = result.file_bytes / result.weight_bytes - 1 if result.weight_bytes else 0.0
     pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
-    click.echo(f"wrote {result.directory / 'model.onnx'} ({_megabytes(result.file_bytes)}; fp32 "
+    click.echo(f"wrote {result.directory / 'model.onnx'} ({_megabytes(result.file_bytes)}; {m.precision} "
                f"weights {_megabytes(result.weight_bytes)}, {growth:+.1%}) and manifest.json")
     click.echo(f"{m.model} {pruned}, input {'x'.join(map(str, m.input['shape']))}, "
                f"{m.precision}, flavor {m.flavor}, opset {m.opset}")

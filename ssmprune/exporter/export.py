@@ -1,7 +1,21 @@
 """``ssmprune export``: a model, dense or pruned, to DIR/model.onnx + DIR/manifest.json.
 
-    build model -> torch.export -> ONNX (custom nodes + bodies)
-        [-> standard flavour: bodies inlined] -> checks -> atomic write
+    build model [-> fp16: half weights, fp32 input and logits] -> torch.export
+        -> ONNX (custom nodes + bodies) [-> standard flavour: bodies inlined]
+        -> checks -> atomic write
+
+Precision (``--dtype``): fp32, or fp16, where the weights and activations
+are fp16 and the graph's input ``images`` and output ``logits`` stay fp32,
+with one Cast after the input and one before the output
+(``stages.fp16_from_model``). TensorRT 11 and TensorRT-RTX are strongly typed
+and take every tensor's type from the file, so this builds an fp16 engine
+whose bindings, preprocessing and parity feeds are the fp32 export's: the
+two casts touch the image and the logits only. What stays fp32 inside is
+what the models and the ops keep fp32 on purpose: Vim's residual stream
+and RMSNorm statistics, LayerNorm's statistics (``stash_type``), the
+importance scores, the scan's A, D and dt bias (fp16 weights cast to fp32,
+the schema's type) and the scan and gather bodies' arithmetic: they upcast
+to fp32, so the scan state is fp32, and cast the result back.
 
 The model is rebuilt from the manifest by ``model_from_manifest`` (parity
 uses it), so everything ``create_model`` was given is recorded.
@@ -31,10 +45,12 @@ from ssmprune.exporter.manifest import (
     write_export,
 )
 from ssmprune.exporter.progress import Steps
+from ssmprune.models.digits import embedded_weights
 from ssmprune.predict import DEFAULT_SEED, build_model
 from ssmprune.pruning import PruneConfig
 
 PRECISIONS = ("fp32", "fp16")
+ELEMENT_BYTES = {"fp32": 4, "fp16": 2}
 FLAVORS = ("plugins", "standard")
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # Split(num_outputs) and the bodies' op forms
@@ -61,9 +77,6 @@ class ExportOptions:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--dtype must be one of {', '.join(PRECISIONS)}, "
                               f"got {self.precision!r}")
-        if self.precision != "fp32":
-            raise ConfigError(f"--dtype {self.precision} is not supported yet: export fp32 "
-                              "(the reference models and the parity check are fp32 today)")
         if self.flavor not in FLAVORS:
             raise ConfigError(f"--flavor must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -78,7 +91,7 @@ class ExportResult:
     manifest: Manifest
     op_counts: dict[str, int]
     file_bytes: int
-    weight_bytes: int
+    weight_bytes: int  # the state dict at the export's precision (``weight_bytes``)
     seconds: float
     step_seconds: dict[str, float]
 
@@ -102,15 +115,25 @@ def _jsonable(value):
     return value
 
 
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's state dict (parameters and persistent buffers) in fp32."""
-    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+def _dtype_name(value: onnx.ValueInfoProto) -> str:
+    """numpy's name of a graph input's or output's element type ("float32")."""
+    return onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+
+
+def weight_bytes(model: nn.Module, precision: str = "fp32") -> int:
+    """Bytes of the model's floating-point state dict (parameters and persistent
+    buffers) at ``precision`` (fp32: 4 bytes a value, fp16: 2)."""
+    size = ELEMENT_BYTES[precision]
+    return sum(t.numel() * size for t in model.state_dict().values() if t.is_floating_point())
 
 
 def _weights_record(options: ExportOptions) -> dict[str, Any]:
-    if options.checkpoint is None:
+    """The checkpoint (given, or a digits model's embedded weights) and its sha256,
+    or the seed of random weights: what ``model_from_manifest`` rebuilds from."""
+    checkpoint = options.checkpoint or embedded_weights(options.model)
+    if checkpoint is None:
         return {"seed": options.seed}
-    path = Path(options.checkpoint).resolve()
+    path = Path(checkpoint).resolve()
     return {"checkpoint": str(path), "sha256": sha256_file(path)}
 
 
@@ -130,8 +153,9 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
                                prune=options.prune, **options.overrides)
         shape = (options.batch, *model.input_shape())
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        traced = stages.fp16_from_model(model) if options.precision == "fp16" else model
     with steps.step("torch.export"):
-        program = stages.exported_program_from_model(model, example)
+        program = stages.exported_program_from_model(traced, example)
         torch_ops = stages.custom_op_counts(program)
     with steps.step("ONNX (torch.onnx, dynamo)"):
         model_proto = stages.onnx_from_exported_program(program, options.opset)
@@ -143,6 +167,7 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
     op_counts = stages.op_type_counts(model_proto)
     output = model_proto.graph.output[0]
     out_shape = [d.dim_value for d in output.type.tensor_type.shape.dim]
+    in_dtype, out_dtype = (_dtype_name(v) for v in (model_proto.graph.input[0], output))
     prune_dict, preset = _prune_record(model, options.prune)
     manifest = Manifest(
         model=options.model,
@@ -152,8 +177,8 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
         prune=_jsonable(prune_dict),
         prune_preset=preset,
         weights=_weights_record(options),
-        input={"name": stages.INPUT_NAME, "shape": list(shape), "dtype": "float32"},
-        outputs=[{"name": stages.OUTPUT_NAME, "shape": out_shape, "dtype": "float32"}],
+        input={"name": stages.INPUT_NAME, "shape": list(shape), "dtype": in_dtype},
+        outputs=[{"name": stages.OUTPUT_NAME, "shape": out_shape, "dtype": out_dtype}],
         batch=options.batch,
         precision=options.precision,
         flavor=options.flavor,
@@ -172,7 +197,8 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
         data = model_proto.SerializeToString()
         manifest.export_seconds = round(time.perf_counter() - start, 2)
         directory = write_export(Path(out_dir), {MODEL_FILE: data}, manifest)
-    return ExportResult(directory, manifest, op_counts, len(data), weight_bytes(model),
+    return ExportResult(directory, manifest, op_counts, len(data),
+                        weight_bytes(model, options.precision),
                         time.perf_counter() - start, dict(steps.seconds))
 
 

@@ -46,10 +46,10 @@ class Manifest:
     prune: Optional[dict[str, Any]]  # PruneConfig fields, or None for dense
     prune_preset: Optional[str]
     weights: dict[str, Any]         # {"seed": 0} or {"checkpoint": path, "sha256": ...}
-    input: dict[str, Any]           # {"name", "shape", "dtype"}
-    outputs: list[dict[str, Any]]   # [{"name", "shape", "dtype"}]
+    input: dict[str, Any]           # {"name", "shape", "dtype"}: "float32" at any precision
+    outputs: list[dict[str, Any]]   # [{"name", "shape", "dtype"}]: "float32" at any precision
     batch: int
-    precision: str
+    precision: str                  # fp32 | fp16: the weights' and activations' type
     flavor: str
     opset: int
     custom_ops: list[dict[str, Any]]  # [{"domain", "name", "version", "count"}]

@@ -1,5 +1,6 @@
 """The export stages, each a plain function: model -> ExportedProgram -> ONNX.
 
+    fp16_from_model               the model in fp16 behind fp32 input and output
     exported_program_from_model   torch.export at a static shape, one graph
     onnx_from_exported_program    torch.onnx (dynamo) with our translation
                                   table, then the bodies attached
@@ -37,6 +38,33 @@ BodyFactory = Callable[[int], FunctionProto]
 
 class ExportCheckError(RuntimeError):
     """An exported graph that fails its own checks: a bug, not a user error."""
+
+
+class CastIO(nn.Module):
+    """``model`` run in ``dtype`` behind an fp32 input and fp32 outputs.
+
+    Exported, this is one Cast after the graph input and one before the
+    output around a graph that computes in ``dtype``: the file keeps the fp32
+    export's interface (see ``ssmprune.exporter.export`` for why).
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def fp16_from_model(model: nn.Module) -> nn.Module:
+    """``model`` with fp16 weights (converted in place) behind fp32 input and logits.
+
+    ``nn.Module.half`` converts every floating-point parameter and buffer;
+    the models keep what must stay fp32 in fp32 in their forward (Vim's
+    residual stream, the norms' statistics, the importance scores), and the
+    scan and gather bodies upcast to fp32 internally.
+    """
+    return CastIO(model.half(), torch.float16).eval()
 
 
 def exported_program_from_model(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:

@@ -2,11 +2,13 @@
 
 Each torch custom op becomes one node of the ``ssmprune`` domain with its
 static parameters as attributes (schemas in ``ssmprune.exporter.schemas``);
-the bodies are attached afterwards (``ssmprune.exporter.onnx_model``).
+the bodies are attached afterwards (``ssmprune.exporter.stages.attach_bodies``).
 
 * ``ssmprune::selective_scan`` -> ``SelectiveScan`` with all nine inputs:
   a missing D or delta_bias becomes zeros and a missing gap zeros (the same
-  result, as the contract says); a missing z becomes u with ``has_z=0``.
+  result, as the contract says); a missing z becomes u with ``has_z=0``;
+  A, D and delta_bias of another float type (an fp16 model's) are cast to
+  fp32, the type the schema gives them.
 * ``ssmprune::token_gather`` takes a list of tensors, an ONNX op a fixed
   number: the tensors are flattened to (b m f_i), cast to one dtype and
   concatenated along the last axis, gathered by one ``TokenGather``, then
@@ -35,6 +37,11 @@ def _zeros(shape: Sequence[int], dtype: np.dtype):
     return op.Constant(value=ir.tensor(np.zeros(tuple(shape), dtype=dtype)))
 
 
+def _fp32(value):
+    """The schema's fp32 parameters (A, D, delta_bias) cast from a half-precision model's."""
+    return value if value.dtype == ir.DataType.FLOAT else op.Cast(value, to=ir.DataType.FLOAT)
+
+
 def _static_shape(value, what: str) -> tuple[int, ...]:
     shape = value.shape
     if shape is None or not all(isinstance(d, int) for d in shape):
@@ -46,10 +53,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None,
                    delta_softplus=False):
     """``ssmprune::selective_scan`` -> ``ssmprune::SelectiveScan`` (module docstring)."""
     b, d, length = _static_shape(u, "selective_scan input u")
-    if D is None:
-        D = _zeros((d,), np.float32)
-    if delta_bias is None:
-        delta_bias = _zeros((d,), np.float32)
+    A = _fp32(A)
+    D = _zeros((d,), np.float32) if D is None else _fp32(D)
+    delta_bias = _zeros((d,), np.float32) if delta_bias is None else _fp32(delta_bias)
     if gap is None:
         gap = _zeros((b, length), np.int64)
     return ssm.SelectiveScan(u, delta, A, B, C, D, u if z is None else z, delta_bias, gap,

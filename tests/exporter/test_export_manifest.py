@@ -137,7 +137,7 @@ def test_write_export_refuses_a_file_as_directory(tmp_path):
 @pytest.mark.parametrize("options, message", [
     (dict(batch=0), "--batch"),
     (dict(opset=17), "--opset"),
-    (dict(precision="fp16"), "not supported yet"),
+    (dict(precision="bf16"), "--dtype must be one of fp32, fp16"),
     (dict(flavor="fancy"), "--flavor"),
     (dict(prune="plainmamba_l1_paper"), "is for plainmamba_l1, not vim_t"),
     (dict(checkpoint="/nonexistent/ckpt.pth"), "ckpt.pth"),

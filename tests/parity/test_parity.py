@@ -2,13 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 from exporter.export_cases import CASES, exports  # noqa: F401  (fixture)
 
 from ssmprune.errors import ConfigError, InputShapeError
 from ssmprune.exporter import ExportOptions, export
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
-from ssmprune.parity.compare import parity_samples, run_parity
+from ssmprune.parity.compare import _compare, parity_samples, run_parity
 from ssmprune.parity.tolerances import TOLERANCES, ToleranceError, tolerance_for
 
 
@@ -85,6 +86,23 @@ def test_tolerance_table():
     assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "int8"}
     with pytest.raises(ToleranceError):
         tolerance_for("fp8", "logits")
+    assert tolerance_for("int8+fp16", "logits") == tolerance_for("int8", "logits")
+
+
+@pytest.mark.parametrize("outliers, precision, passed", [
+    (0, "fp32", True), (1, "fp32", False), (1, "fp16", True), (2, "fp16", False)])
+def test_share_of_samples_within_max_rel(outliers, precision, passed):
+    """fp16 lets one sample in ten past max_rel (a pruned model's near-tied token
+    choice); fp32 none; a non-finite output always fails."""
+    rng = np.random.default_rng(0)
+    expected = rng.standard_normal((10, 5))
+    expected[:, 0] += 10  # class 0 wins clearly, so top-1 agrees throughout
+    actual = expected * (1 + 1e-5)
+    actual[:outliers, 1:] += 1.0
+    c = _compare("onnxrt", "torch", "logits", actual, expected, precision)
+    assert c.passed == passed and c.top1_agreement == 1.0
+    actual[5, 0] = np.nan
+    assert not _compare("onnxrt", "torch", "logits", actual, expected, "fp16").passed
 
 
 def test_default_samples_mix_photos_and_random(exports):

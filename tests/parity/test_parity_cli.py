@@ -72,7 +72,6 @@ def test_export_preset_for_another_model(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--batch", "0"], "--batch"),
     (["--opset", "12"], "--opset"),
-    (["--dtype", "fp16"], "not supported yet"),
     (["--checkpoint", "missing.pth"], "missing.pth"),
 ])
 def test_export_bad_options(tmp_path, args, fragment):
