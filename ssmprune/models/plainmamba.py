@@ -323,7 +323,7 @@ class PlainMamba2D(nn.Module):
         e = u.shape[1]
         # Quirk 1: u is permuted into each scan order, delta/B/C are not, and
         # the direction rows are added by scan position (among the kept tokens).
-        u_k = u.expand(k, b, e, m).gather(3, scans.orders[:, :, None].expand(k, b, e, m))
+        u_k = _take_tokens(u, scans.orders)
         dir_B = self.direction_Bs[scans.directions].transpose(2, 3)  # (k, b, n, m)
         y = selective_scan(
             u_k.reshape(k * b, e, m),
@@ -337,7 +337,23 @@ class PlainMamba2D(nn.Module):
             None if scans.gaps is None else scans.gaps.reshape(k * b, m),
             True,
         ).view(k, b, e, m)
-        return y.gather(3, scans.inverse[:, :, None].expand(k, b, e, m)).sum(0)
+        return _take_tokens(y, scans.inverse).sum(0)
+
+
+def _take_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """out[j, i, :, t] = x[j, i, :, index[j, i, t]] (x without its leading j axis broadcasts).
+
+    x: (b, e, m) or (k, b, e, m); index: (k, b, m) int64. Returns (k, b, e, m).
+    Rows of a flattened (tokens, e) view are picked with one flat index of
+    k*b*m entries: the dense model's static scan orders then export as that
+    small index, where a gather with the index expanded over e exports as a
+    folded int64 constant e times larger than the weights it serves.
+    """
+    k, b, m = index.shape
+    rows = x.transpose(-1, -2).reshape(-1, x.shape[-2])  # (.. * m, e)
+    batches = x.shape[0] if x.dim() == 3 else k * b
+    offsets = torch.arange(batches, device=x.device).view(-1, b, 1) * m  # (1 or k, b, 1)
+    return rows[index + offsets].transpose(-1, -2)
 
 
 class PlainMambaLayer(nn.Module):
