@@ -11,7 +11,10 @@ from typing import Optional
 
 import pytest
 
+import onnx
+
 from ssmprune.exporter import ExportOptions, ExportResult, export
+from ssmprune.exporter.schemas import DOMAIN, SELECTIVE_SCAN, TOKEN_GATHER
 from ssmprune.pruning import PruneConfig
 
 VIM_SMALL = dict(img_size=32, patch_size=8, stride=8, embed_dim=32, depth=3, num_classes=100)
@@ -61,3 +64,14 @@ class ExportCache:
 def exports(tmp_path_factory) -> ExportCache:
     """Import this fixture into a test module to share the session's exports."""
     return ExportCache(tmp_path_factory.mktemp("exports"))
+
+
+def assert_custom_nodes(case: str, result: ExportResult, model: onnx.ModelProto) -> None:
+    """One custom node per scan and gather call of ``case``, and one body per op used."""
+    c = CASES[case]
+    expected = {f"{DOMAIN}::{SELECTIVE_SCAN}": c.scans}
+    if c.gathers:
+        expected[f"{DOMAIN}::{TOKEN_GATHER}"] = c.gathers
+    assert result.custom_nodes == expected
+    assert {(f.domain, f.name) for f in model.functions} == {
+        (DOMAIN, SELECTIVE_SCAN), *([(DOMAIN, TOKEN_GATHER)] if c.gathers else [])}

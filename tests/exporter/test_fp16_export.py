@@ -9,14 +9,14 @@ import onnx
 import pytest
 import torch
 from cli_helpers import invoke
-from exporter.export_cases import CASES, exports  # noqa: F401  (fixture)
+from exporter.export_cases import CASES, assert_custom_nodes, exports  # noqa: F401  (fixture)
 from onnx import TensorProto
 
 from ssmprune.data.digits import held_out_for_model
 from ssmprune.engine import trt as trt_mod
 from ssmprune.exporter import ExportOptions, export, model_from_manifest, stages
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
-from ssmprune.exporter.schemas import DOMAIN, SELECTIVE_SCAN, TOKEN_GATHER
+from ssmprune.exporter.schemas import SELECTIVE_SCAN
 from ssmprune.models.digits import embedded_weights
 from ssmprune.parity.runners import onnxrt_session
 from ssmprune.parity.tolerances import tolerance_for
@@ -54,14 +54,9 @@ def fp16_and_fp32_logits(result, reference: torch.nn.Module,
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fp16_export_has_the_custom_nodes_fp16_weights_and_fp32_io(case, exports):
-    c, result = CASES[case], exports.get(case, precision="fp16")
+    result = exports.get(case, precision="fp16")
     model = load(result)
-    expected = {f"{DOMAIN}::{SELECTIVE_SCAN}": c.scans}
-    if c.gathers:
-        expected[f"{DOMAIN}::{TOKEN_GATHER}"] = c.gathers
-    assert result.custom_nodes == expected
-    assert {(f.domain, f.name) for f in model.functions} == {
-        (DOMAIN, SELECTIVE_SCAN), *([(DOMAIN, TOKEN_GATHER)] if c.gathers else [])}
+    assert_custom_nodes(case, result, model)
     stages.check_onnx(model)  # checker (full) and strict shape inference
 
     graph = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph

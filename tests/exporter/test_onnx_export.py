@@ -6,6 +6,7 @@ import pytest
 import torch
 from exporter.export_cases import (  # noqa: F401  (fixture)
     CASES,
+    assert_custom_nodes,
     FAMILY_SMALL,
     PRUNE_SMALL,
     SCANS_PER_BLOCK,
@@ -57,12 +58,7 @@ def test_onnx_has_the_expected_custom_nodes_and_checks(case, exports):
     custom = {(n.domain, n.op_type) for n in model.graph.node} - {("", n.op_type) for n in
                                                                   model.graph.node}
     assert custom <= {(DOMAIN, SELECTIVE_SCAN), (DOMAIN, TOKEN_GATHER)}
-    expected = {f"{DOMAIN}::{SELECTIVE_SCAN}": c.scans}
-    if c.gathers:
-        expected[f"{DOMAIN}::{TOKEN_GATHER}"] = c.gathers
-    assert result.custom_nodes == expected
-    assert {(f.domain, f.name) for f in model.functions} == {
-        (DOMAIN, SELECTIVE_SCAN), *([(DOMAIN, TOKEN_GATHER)] if c.gathers else [])}
+    assert_custom_nodes(case, result, model)
     assert {(o.domain, o.version) for o in model.opset_import} == {("", 20), (DOMAIN, 1)}
     stages.check_onnx(model)  # checker (full) and strict shape inference
     for node in model.graph.node:
