@@ -1,14 +1,16 @@
-"""ONNX Runtime int8 (Q/DQ from ``ssmprune calibrate``) vs fp32 on the CPU, and int8 agreement.
+"""ONNX Runtime int8 or fp8 (Q/DQ from ``ssmprune calibrate``) vs fp32 on the CPU, and agreement.
 
     python benchmarks/bench_int8.py [--model vim_s] [--prune vim_s_paper] [--batch 1 8]
-                                    [--samples 32] [--holdout 64] [--repeats 5] [--out DIR]
+                                    [--precision int8|fp8] [--samples 32] [--holdout 64]
+                                    [--repeats 5] [--out DIR]
 
 For each batch: export the (pruned) model with seeded random weights, calibrate
 it on scikit-image photos plus random crops (seed 0), report top-1 agreement
-and errors against fp32 on held-out crops (seed 1), then time fp32 vs int8
-(pruned: token selection kept fp32, and everything quantized) ONNX Runtime
-sessions side by side (interleaved medians, timing.py). Prints
-markdown for benchmarks/RESULTS.md.
+and errors against fp32 on held-out crops (seed 1), then time fp32 vs the
+quantized files (pruned: token selection kept fp32, and everything quantized)
+in ONNX Runtime sessions side by side (interleaved medians, timing.py). Prints
+markdown for benchmarks/RESULTS.md. (ONNX Runtime's CPU provider runs fp8 Q/DQ
+as QuantizeLinear -> DequantizeLinear -> fp32 MatMul: its timings are not fp8's.)
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--holdout", type=int, default=64)
     parser.add_argument("--method", default="minmax")
+    parser.add_argument("--precision", choices=["int8", "fp8"], default="int8")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=None, help="Keep the exports here (default: temporary).")
     args = parser.parse_args()
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-int8-"))
-    # int8 variants: token selection kept fp32 (the default) and everything quantized.
-    variants = {"int8": True, "int8 all": False} if args.prune else {"int8": False}
+    # Variants: token selection kept fp32 (the default) and everything quantized.
+    precision = args.precision
+    variants = ({precision: True, f"{precision} all": False} if args.prune
+                else {precision: False})
     rows, quality = [], []
     for batch in args.batch:
         fp32_dir = root / f"{args.model}-b{batch}-fp32"
@@ -63,8 +68,9 @@ def main() -> None:
         for variant, protect in variants.items():
             dirs[variant] = root / f"{args.model}-b{batch}-{variant.replace(' ', '-')}"
             cal = calibrate(fp32_dir, PhotoCropsData(config, count=args.samples, seed=0),
-                            CalibrateOptions(method=args.method, samples=args.samples,
-                                             protect_selection=protect), dirs[variant],
+                            CalibrateOptions(method=args.method, precision=precision,
+                                             samples=args.samples, protect_selection=protect),
+                            dirs[variant],
                             holdout=PhotoCropsData(config, count=args.holdout, seed=1,
                                                    whole=False))
             held = cal.report["held_out"]["outputs"]["logits"]
@@ -90,8 +96,8 @@ def main() -> None:
         print(f"| {batch} | " + " | ".join(f"{t[k]:.1f}" for k in ("fp32", *variants)) + " | "
               + " | ".join(f"{t[k] / t['fp32']:.2f}x" for k in variants) + " | "
               + " | ".join(f"{s[k]:.1f}" for k in ("fp32", *variants)) + " |")
-    print(f"\nint8 ({args.method}, {args.samples} calibration samples: scikit-image photos + "
-          f"random crops, seed 0) vs fp32 on {args.holdout} held-out crops (seed 1):\n")
+    print(f"\n{precision} ({args.method}, {args.samples} calibration samples: scikit-image "
+          f"photos + random crops, seed 0) vs fp32 on {args.holdout} held-out crops (seed 1):\n")
     print("| batch | variant | calib top-1 agree | held-out top-1 agree | held-out max_rel "
           "| quantized nodes | Q / DQ nodes |")
     print("|---|---|---|---|---|---|---|")

@@ -44,9 +44,12 @@ def _default_holdout(model: str, data: str) -> str:
 @click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
               help="Directory to write the Q/DQ model.onnx and manifest.json into.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]),
-              default="minmax", show_default=True, help="Activation range calibration.")
+              default="minmax", show_default=True,
+              help="Activation range calibration (int8 and fp8 alike: scale = amax / 127 or "
+                   "amax / 448).")
 @click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8",
-              show_default=True, help="fp8 needs NVIDIA ModelOpt.")
+              show_default=True,
+              help="Q/DQ type: symmetric int8, or fp8 E4M3FN (TensorRT on sm_89 and newer).")
 @click.option("--samples", type=int, default=128, show_default=True,
               help="Calibration inputs to use at most.")
 @click.option("--holdout", default=None,
@@ -61,16 +64,18 @@ def _default_holdout(model: str, data: str) -> str:
               help="Images must already be the model's size (no resize / crop).")
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Also write the report as JSON here.")
-@click.option("--selection", type=click.Choice(["fp32", "int8"]), default="fp32",
+@click.option("--selection", type=click.Choice(["fp32", "int8", "fp8"]), default="fp32",
               show_default=True,
               help="Pruned models: keep the projections that decide which tokens are kept "
-                   "(upstream of the last TokenGather) in fp32, or quantize them too.")
+                   "(upstream of the last TokenGather) in fp32, or quantize them too (int8 "
+                   "and fp8 both mean: at --precision).")
 def calibrate_command(directory, data_spec, out_dir, method, precision, samples, holdout,
                       holdout_samples, seed, no_resize, report_path, selection):
-    """Quantize the fp32 export in DIRECTORY to a Q/DQ ONNX (int8) in OUT_DIR.
+    """Quantize the fp32 export in DIRECTORY to a Q/DQ ONNX (int8 or fp8) in OUT_DIR.
 
     ONNX Runtime's static quantizer (QDQ format) quantizes MatMul, Conv and
-    Gemm (per-channel int8 weights); the scan, the gather and their bodies,
+    Gemm (symmetric, per-channel weights); fp8 is that graph with E4M3FN
+    scales (amax / 448) and weights. The scan, the gather and their bodies,
     the norms, softplus and exp stay fp32, and so do, for a pruned model, the
     projections its token selection depends on (--selection). The report
     compares the result with fp32 in ONNX Runtime: per-output error, top-1
@@ -84,6 +89,9 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
     from ssmprune.errors import ConfigError
     from ssmprune.exporter.manifest import read_export
 
+    if selection not in ("fp32", precision):
+        raise ConfigError(f"--selection {selection} with --precision {precision}: use "
+                          f"--selection fp32 or {precision}")
     options = CalibrateOptions(method, precision, samples,
                                protect_selection=selection == "fp32")
     options.validate()
@@ -124,7 +132,7 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
         click.echo(line)
     click.echo(f"calibration time {result.seconds:.1f}s")
     if not report["passed"]:
-        click.echo("warning: the quantized model misses the int8 parity tolerance "
+        click.echo(f"warning: the quantized model misses the {precision} parity tolerance "
                    "(see the verdict above)", err=True)
 
 

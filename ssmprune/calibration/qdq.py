@@ -1,7 +1,7 @@
 """Where Q/DQ nodes may sit in a quantized ssmprune graph, and the check of it.
 
-The projections (MatMul / Conv / Gemm of the main graph) take int8 inputs
-through QuantizeLinear -> DequantizeLinear pairs; everything else (the
+The projections (MatMul / Conv / Gemm of the main graph) take int8 or fp8
+inputs through QuantizeLinear -> DequantizeLinear pairs; everything else (the
 SelectiveScan and TokenGather nodes and their model-local bodies, the
 norms, softplus, exp) stays fp32. ``confine_qdq`` enforces the rule on what
 the quantizer wrote (ONNX Runtime's QDQ quantizer shares a DequantizeLinear

@@ -1,22 +1,23 @@
-"""``ssmprune calibrate``: an fp32 export -> a Q/DQ export (int8) next to its manifest.
+"""``ssmprune calibrate``: an fp32 export -> a Q/DQ export (int8 or fp8) next to its manifest.
 
     read + verify the fp32 export -> load calibration samples -> ONNX Runtime's
-    static quantizer (QDQ format, MatMul / Conv / Gemm only, per-channel
-    weights) -> Q/DQ confined to the projections and checked -> report
-    (quantized vs fp32 in ONNX Runtime) -> atomic write
+    static quantizer (QDQ format, MatMul / Conv / Gemm only, symmetric int8,
+    per-channel weights) -> Q/DQ confined to the projections -> fp8: the
+    same graph rescaled to E4M3FN (``fp8.fp8_from_int8``) -> checked ->
+    report (quantized vs fp32 in ONNX Runtime) -> atomic write
 
 The scan and gather stay custom nodes with their standard-op bodies: ONNX
 Runtime's quantizer leaves model-local functions alone (it quantizes the
 main graph's nodes of the listed types), so no Q/DQ can land inside them,
-and ``qdq.qdq_placement`` proves it on every file written. fp8 needs NVIDIA
-ModelOpt's ONNX quantizer (ONNX Runtime's float8 QDQ does not run its
-MatMuls in fp8 on CPU, and TensorRT wants ModelOpt's patterns).
+and ``qdq.qdq_placement`` proves it on every file written. fp8 goes through
+the int8 graph rather than ONNX Runtime's own float8 mode, which takes
+only its Distribution calibration and saturates outliers (``fp8``'s
+docstring); ONNX Runtime's CPU provider runs both (Q/DQ, then fp32 MatMul).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import tempfile
@@ -29,7 +30,14 @@ import numpy as np
 import onnx
 
 from ssmprune.calibration.data import Samples
-from ssmprune.calibration.qdq import QUANTIZED_OPS, confine_qdq, qdq_placement, selection_nodes
+from ssmprune.calibration.fp8 import FP8_MIN_OPSET, fp8_from_int8, qdq_types
+from ssmprune.calibration.qdq import (
+    QUANTIZED_OPS,
+    QdqPlacementError,
+    confine_qdq,
+    qdq_placement,
+    selection_nodes,
+)
 from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
 from ssmprune.exporter.manifest import (
     FORMAT,
@@ -45,6 +53,12 @@ from ssmprune.exporter.progress import Steps
 
 METHODS = ("minmax", "entropy", "percentile")
 PRECISIONS = ("int8", "fp8")
+QTYPES = {"int8": "int8", "fp8": "float8e4m3fn"}
+_ORT = "onnxruntime.quantization.quantize_static (QDQ)"
+QUANTIZERS = {"int8": _ORT,
+              "fp8": f"{_ORT}, int8 graph rescaled to fp8 (ssmprune.calibration.fp8)"}
+SCALES = {"int8": "scale amax / 127", "fp8": "scale amax / 448"}
+_ONNX_TYPES = {"int8": onnx.TensorProto.INT8, "fp8": onnx.TensorProto.FLOAT8E4M3FN}
 DEFAULT_SAMPLES = 128
 REPORT_FILE = "calibration.json"
 Progress = Callable[[int, int], None]  # (batches done, batches in all)
@@ -68,12 +82,6 @@ class CalibrateOptions:
                               f"got {self.precision!r}")
         if self.samples < 1:
             raise ConfigError(f"--samples must be at least 1, got {self.samples}")
-        if self.precision == "fp8":
-            if importlib.util.find_spec("modelopt") is None:
-                raise ConfigError("--precision fp8 needs NVIDIA ModelOpt's ONNX quantizer "
-                                  "(pip install 'nvidia-modelopt[onnx]'), which is not installed")
-            raise ConfigError("--precision fp8 through ModelOpt is not wired up yet; "
-                              "use --precision int8")
 
 
 @dataclass
@@ -139,9 +147,10 @@ def check_samples(samples: Samples, manifest: Manifest, what: str = "calibration
 
 def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manifest,
                   options: CalibrateOptions, progress: Optional[Progress] = None,
-                  exclude: tuple[str, ...] = ()) -> None:
+                  exclude: tuple[str, ...] = (), fp32_weights: bool = False) -> None:
     """ONNX Runtime's static quantization, QDQ format, of ``source`` into ``target``;
-    the nodes named in ``exclude`` stay fp32."""
+    the nodes named in ``exclude`` stay fp32. ``fp32_weights``: weights stay fp32
+    initializers read by a QuantizeLinear (for ``fp8_from_int8``), not int8 ones."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -175,15 +184,24 @@ def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manife
                 # TensorRT rejects int32 (bias) DequantizeLinear inputs; it fuses an fp32
                 # bias into the int8 layer itself.
                 "QuantizeBias": False,
+                "AddQDQPairToWeight": fp32_weights,
             })
     finally:
         root.setLevel(level)
 
 
+def _check_qdq_type(model: onnx.ModelProto, precision: str) -> None:
+    """Every Q/DQ of the file quantizes to ``precision``'s type (a bug otherwise)."""
+    types = qdq_types(model)
+    if types != {_ONNX_TYPES[precision]}:
+        names = ", ".join(sorted(onnx.TensorProto.DataType.Name(t) for t in types)) or "none"
+        raise QdqPlacementError(f"{precision} calibration wrote Q/DQ of type(s) {names}")
+
+
 def _token_selection(options: CalibrateOptions, kept_fp32: list[str]) -> str:
     """How the manifest describes the precision of the token selection."""
     if not options.protect_selection:
-        return "int8"
+        return options.precision
     if not kept_fp32:
         return "no TokenGather (dense model)"
     return (f"fp32: the projections upstream of a TokenGather ({len(kept_fp32)} nodes) "
@@ -208,6 +226,10 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
     verify_model_file(src_dir / MODEL_FILE)
     if manifest.precision != "fp32":
         raise ConfigError(f"{src_dir} is a {manifest.precision} export; calibrate an fp32 one")
+    if options.precision == "fp8" and manifest.opset < FP8_MIN_OPSET:
+        raise ConfigError(f"{src_dir} is an opset {manifest.opset} export; fp8 Q/DQ needs opset "
+                          f">= {FP8_MIN_OPSET} (export it again with --opset {FP8_MIN_OPSET} or "
+                          "later)")
     with steps.step("load calibration data"):
         samples = data.load(options.samples)
         check_samples(samples, manifest)
@@ -221,30 +243,36 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         target = Path(tmp) / MODEL_FILE
         with steps.step(f"calibrate ({options.method}, {len(samples)} samples)"):
             quantize_int8(src_dir / MODEL_FILE, target, samples, manifest, options, progress,
-                          tuple(kept_fp32))
+                          tuple(kept_fp32), fp32_weights=options.precision == "fp8")
         with steps.step("confine + check Q/DQ"):
             model = onnx.load(str(target))
             rewired = confine_qdq(model)
+            if options.precision == "fp8":
+                fp8_from_int8(model)
             placement = qdq_placement(model)
             placement["rewired_inputs"] = rewired
+            _check_qdq_type(model, options.precision)
             onnx.helper.set_model_props(model, {METADATA_FORMAT_KEY: FORMAT,
                                                 "ssmprune.model": manifest.model,
                                                 "ssmprune.precision": options.precision})
             onnx.checker.check_model(model)
             data_bytes = model.SerializeToString()
             target.write_bytes(data_bytes)
-        with steps.step("report (ONNX Runtime, int8 vs fp32)"):
-            report = build_report(src_dir / MODEL_FILE, target, manifest, samples, held)
+        with steps.step(f"report (ONNX Runtime, {options.precision} vs fp32)"):
+            report = build_report(src_dir / MODEL_FILE, target, manifest, samples, held,
+                                  options.precision)
     source_files = {name: entry["sha256"] for name, entry in manifest.files.items()}
     fields = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(Manifest)}
     fields.update(files={}, precision=options.precision, versions=library_versions(),
                   export_seconds=None)
     quantized = QuantizedManifest(**fields, quantization={
         "precision": options.precision,
-        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "quantizer": QUANTIZERS[options.precision],
         "method": options.method,
-        "activations": "int8 per tensor symmetric",
-        "weights": "int8 symmetric " + ("per channel" if options.per_channel else "per tensor"),
+        "activations": f"{QTYPES[options.precision]} per tensor symmetric, "
+                       f"{SCALES[options.precision]}",
+        "weights": f"{QTYPES[options.precision]} symmetric "
+                   + ("per channel" if options.per_channel else "per tensor"),
         "op_types": list(QUANTIZED_OPS),
         "fp32_ops": "everything else: SelectiveScan, TokenGather (and their bodies), norms, "
                     "softplus, exp",

@@ -2,13 +2,13 @@
 
 Per set (the calibration set, the held-out set) and output:
 
-    max_abs   max |int8 - fp32|
-    mean_abs  mean |int8 - fp32|
-    max_rel   max over samples of max |int8 - fp32| / max |fp32| (as in parity)
+    max_abs   max |quantized - fp32|
+    mean_abs  mean |quantized - fp32|
+    max_rel   max over samples of max |quantized - fp32| / max |fp32| (as in parity)
     top1      fraction of samples whose arg-max class agrees with fp32
-    accuracy  fp32 and int8 top-1 accuracy, where the set has labels
+    accuracy  fp32 and quantized top-1 accuracy, where the set has labels
 
-The verdict uses the parity table's tolerance for the precision (int8:
+The verdict uses the parity table's tolerance for the precision (int8, fp8:
 top-1 agreement, ``ssmprune.parity.tolerances``), judged on the held-out
 set when there is one, else on the calibration set.
 """
@@ -70,19 +70,20 @@ def evaluate_set(fp32: Path, quantized: Path, manifest: Manifest,
 
 
 def build_report(fp32: Path, quantized: Path, manifest: Manifest, calibration: Samples,
-                 held_out: Optional[Samples] = None) -> dict[str, Any]:
-    """The report as a JSON-able dict (see the module docstring)."""
+                 held_out: Optional[Samples] = None, precision: str = "int8") -> dict[str, Any]:
+    """The report as a JSON-able dict (see the module docstring); ``precision`` (int8,
+    fp8) is the quantized file's, whose parity tolerance gives the verdict."""
     from ssmprune.parity.tolerances import tolerance_for
 
     report: dict[str, Any] = {"model": manifest.model, "prune": manifest.prune,
-                              "batch": manifest.batch,
+                              "batch": manifest.batch, "precision": precision,
                               "calibration": evaluate_set(fp32, quantized, manifest, calibration)}
     if held_out is not None:
         report["held_out"] = evaluate_set(fp32, quantized, manifest, held_out)
     judged = "held_out" if held_out is not None else "calibration"
     verdicts = {}
     for output, m in report[judged]["outputs"].items():
-        tol = tolerance_for("int8", output)
+        tol = tolerance_for(precision, output)
         ok = m["finite"] and (tol.top1 is None or m["top1"] >= tol.top1) and \
             (tol.max_rel is None or m["max_rel"] <= tol.max_rel)
         verdicts[output] = {"tolerance": tol.describe(), "passed": bool(ok)}
@@ -94,8 +95,9 @@ def build_report(fp32: Path, quantized: Path, manifest: Manifest, calibration: S
 
 def table(report: dict[str, Any]) -> list[str]:
     """A short text table of the report."""
+    quantized = f"acc {report.get('precision', 'int8')}"
     lines = [f"{'set':<12} {'output':<8} {'n':>5} {'max_abs':>9} {'max_rel':>9} {'top1':>7} "
-             f"{'acc fp32':>9} {'acc int8':>9}"]
+             f"{'acc fp32':>9} {quantized:>9}"]
     for key in ("calibration", "held_out"):
         if key not in report:
             continue

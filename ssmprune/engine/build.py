@@ -226,6 +226,15 @@ def _io(network: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             [desc(network.get_output(i)) for i in range(network.num_outputs)])
 
 
+def check_fp8_targets(targets: Sequence[str]) -> None:
+    """fp8 Q/DQ needs fp8 tensor cores: Ada (sm_89) or newer, checked before parsing."""
+    old = [t for t in targets if t[3:].isdigit() and int(t[3:]) < 89]
+    if old:
+        raise UnsupportedBuildOptionError(
+            f"fp8 Q/DQ needs sm_89 or newer; {', '.join(old)} has no fp8: build for sm_89 / "
+            "sm_120, or calibrate with --precision int8")
+
+
 def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
                  echo_level: str = "none") -> BuiltEngine:
     """Parse ``onnx_path`` and build a serialized engine as ``options`` ask.
@@ -255,6 +264,8 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
     gpu = None if flavour.builds_without_gpu else trt_mod.current_gpu_arch()
     targets: Optional[list[str]] = (["sm_80+"] if options.hardware_compatible
                                     else check_targets(flavour, options.targets, gpu))
+    if carried.quantized == "fp8":
+        check_fp8_targets(targets or ([gpu] if gpu else []))
     check_external_data(model, onnx_path)
 
     needed = sorted(custom_nodes(model))

@@ -61,6 +61,7 @@ TOLERANCES: dict[str, dict[Optional[str], Tolerance]] = {
     "fp16": {None: Tolerance(max_rel=1e-2, top1=0.9, share=0.9)},
     "bf16": {None: Tolerance(max_rel=1e-2, top1=0.9, share=0.9)},
     "int8": {None: Tolerance(top1=0.99)},
+    "fp8": {None: Tolerance(top1=0.99)},
 }
 
 

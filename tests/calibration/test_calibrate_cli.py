@@ -31,7 +31,8 @@ def _run(*args):
     return CliRunner().invoke(cli, ["calibrate", *map(str, args)])
 
 
-def test_calibrate_folder(tmp_path, source):
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_calibrate_folder(tmp_path, source, precision):
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -39,14 +40,18 @@ def test_calibrate_folder(tmp_path, source):
         Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(
             images / f"{i}.png")
     (images / "broken.jpg").write_bytes(b"nope")
-    out, report = tmp_path / "int8", tmp_path / "report.json"
+    out, report = tmp_path / precision, tmp_path / "report.json"
     result = _run(source, "--data", images, "-o", out, "--samples", 8, "--holdout", images,
-                  "--report", report)
+                  "--report", report, "--precision", precision)
     assert result.exit_code == 0, result.output
+    assert f"({precision}, minmax, 4 samples" in result.output
     assert "skipped 1 unreadable file(s)" in result.output
     assert "none in the scan or gather" in result.output
+    assert f"acc {precision}" in result.output
     assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["precision"] == precision
     data = json.loads(report.read_text())
+    assert data["precision"] == precision
     assert data["calibration"]["outputs"]["logits"]["samples"] == 4
     assert data["calibration"]["skipped"] == 1
 
@@ -69,28 +74,39 @@ def _make_bad(kind, tmp_path):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["empty", "non_images", "no_resize", "other_model"])
-def test_bad_input_one_line_exit_2_no_output(tmp_path, source, kind):
-    data, extra = _make_bad(kind, tmp_path)
-    out = tmp_path / "out"
-    result = _run(source, "--data", data, "-o", out, "--holdout", "none", *extra)
+def _assert_one_line_error(result, tmp_path, out, *fragments):
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
     assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
-def test_fp8_without_modelopt(tmp_path, source):
-    pytest.importorskip  # noqa: B018
-    import importlib.util
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("kind", ["empty", "non_images", "no_resize", "other_model"])
+def test_bad_input_one_line_exit_2_no_output(tmp_path, source, kind, precision):
+    data, extra = _make_bad(kind, tmp_path)
+    out = tmp_path / "out"
+    result = _run(source, "--data", data, "-o", out, "--holdout", "none",
+                  "--precision", precision, *extra)
+    _assert_one_line_error(result, tmp_path, out)
 
-    if importlib.util.find_spec("modelopt") is not None:
-        pytest.skip("nvidia-modelopt is installed here")
-    result = _run(source, "--data", "skimage", "-o", tmp_path / "out", "--precision", "fp8")
-    assert result.exit_code == 2 and "nvidia-modelopt" in result.output
-    assert not (tmp_path / "out").exists()
+
+def test_selection_of_another_precision(tmp_path, source):
+    out = tmp_path / "out"
+    result = _run(source, "--data", "skimage", "-o", out, "--precision", "fp8",
+                  "--selection", "int8")
+    _assert_one_line_error(result, tmp_path, out, "--selection fp32 or fp8")
+
+
+def test_fp8_needs_opset_19(tmp_path, exports):  # noqa: F811
+    out = tmp_path / "out"
+    result = _run(exports.get("vim_pruned", opset=18).directory, "--data", "skimage",
+                  "-o", out, "--precision", "fp8", "--samples", 2)
+    _assert_one_line_error(result, tmp_path, out, "opset 18", "--opset 19")
 
 
 def test_not_an_export(tmp_path):

@@ -1,5 +1,6 @@
-"""int8 Q/DQ from an export: placement (projections only, nothing in the scan or gather
-bodies), the manifest, and agreement with fp32 on the digits models."""
+"""Q/DQ from an export: placement (projections only, nothing in the scan or gather bodies,
+int8 and fp8 alike), the int8 manifest, and int8 agreement with fp32 on the digits models
+(fp8's own checks: test_fp8.py)."""
 
 import collections
 
@@ -7,30 +8,19 @@ import numpy as np
 import onnx
 import pytest
 
+from calibration.calibrated_cases import calibrated  # noqa: F401  (session fixture)
 from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
-from ssmprune.calibration import CalibrateOptions, DigitsData, PhotoCropsData, calibrate
+from ssmprune.calibration import CalibrateOptions, DigitsData, calibrate
 from ssmprune.calibration.qdq import QdqPlacementError, qdq_placement, selection_nodes
 from ssmprune.calibration.quantize import QuantizedManifest
 from ssmprune.exporter import ExportOptions, export, read_export
 from ssmprune.exporter.manifest import MODEL_FILE, verify_model_file
 
 
-@pytest.fixture(scope="module")
-def quantized(exports, tmp_path_factory):  # noqa: F811
-    root = tmp_path_factory.mktemp("int8")
-    results = {}
-    for case in ("vim_pruned", "plainmamba_pruned", "vim_dense"):
-        src = exports.get(case).directory
-        config = read_export(src)[1].config
-        results[case] = (src, calibrate(src, PhotoCropsData(config, count=8),
-                                        CalibrateOptions(samples=8), root / case,
-                                        holdout=PhotoCropsData(config, count=4, seed=1)))
-    return results
-
-
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
 @pytest.mark.parametrize("case", ["vim_pruned", "plainmamba_pruned", "vim_dense"])
-def test_qdq_only_around_projections(quantized, case):
-    src, result = quantized[case]
+def test_qdq_only_around_projections(calibrated, case, precision):  # noqa: F811
+    src, result = calibrated.get(case, precision)
     model = onnx.load(str(result.directory / MODEL_FILE))
     placement = qdq_placement(model)  # raises on any misplaced Q/DQ
     ops = collections.Counter(n.op_type for n in model.graph.node)
@@ -54,8 +44,8 @@ def test_qdq_only_around_projections(quantized, case):
             assert not any("DequantizeLinear" in i for i in node.input)
 
 
-def test_placement_check_catches_qdq_in_a_body(quantized):
-    _, result = quantized["vim_pruned"]
+def test_placement_check_catches_qdq_in_a_body(calibrated):  # noqa: F811
+    _, result = calibrated.get("vim_pruned")
     model = onnx.load(str(result.directory / MODEL_FILE))
     body = model.functions[0]
     body.node.append(onnx.helper.make_node("QuantizeLinear", ["a", "s"], ["b"]))
@@ -63,8 +53,8 @@ def test_placement_check_catches_qdq_in_a_body(quantized):
         qdq_placement(model)
 
 
-def test_quantized_manifest(quantized):
-    src, result = quantized["vim_pruned"]
+def test_quantized_manifest(calibrated):  # noqa: F811
+    src, result = calibrated.get("vim_pruned")
     directory, manifest = read_export(result.directory)  # sha256 verified
     verify_model_file(directory / MODEL_FILE)
     assert manifest.precision == "int8"
@@ -78,10 +68,11 @@ def test_quantized_manifest(quantized):
     assert logits["samples"] == 4 and logits["finite"]
 
 
-def test_onnxruntime_runs_the_quantized_file(quantized):
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_onnxruntime_runs_the_quantized_file(calibrated, precision):  # noqa: F811
     import onnxruntime as ort
 
-    _, result = quantized["plainmamba_pruned"]
+    _, result = calibrated.get("plainmamba_pruned", precision)
     session = ort.InferenceSession(str(result.directory / MODEL_FILE),
                                    providers=["CPUExecutionProvider"])
     shape = result.manifest.input["shape"]

@@ -25,8 +25,8 @@ from onnx import TensorProto, helper
 from ssmprune.cli import SummaryGroup
 from ssmprune.commands_engine import register
 from ssmprune.engine import trt as trt_mod
-from ssmprune.engine.build import (BuildOptions, OnnxPrecision, build_engine, onnx_precision,
-                                   resolve_precision)
+from ssmprune.engine.build import (BuildOptions, OnnxPrecision, build_engine,
+                                   check_fp8_targets, onnx_precision, resolve_precision)
 from ssmprune.engine.errors import (EngineBuildError, PluginUnavailableError,
                                     TensorRTUnavailableError, UnsupportedBuildOptionError)
 from ssmprune.engine.manifest import read_manifest, verify_engine_file
@@ -167,6 +167,12 @@ def test_tensorrt10_refuses_to_change_an_fp16_onnx():
     (OnnxPrecision("bf16"), None), (OnnxPrecision("fp16", "fp8"), None)])
 def test_tensorrt11_takes_precision_from_the_onnx(carried, requested):
     assert resolve_precision(tensorrt11(), carried, requested) == (carried.name, True, None)
+
+
+def test_fp8_needs_ada_or_newer():
+    check_fp8_targets(["sm_89", "sm_120"])
+    with pytest.raises(UnsupportedBuildOptionError, match="sm_86 has no fp8.*--precision int8"):
+        check_fp8_targets(["sm_86", "sm_89"])
 
 
 def test_tensorrt11_refuses_builder_flag_precision():

@@ -83,9 +83,10 @@ def test_tolerance_table():
     assert tolerance_for("fp16", "logits").max_rel == 1e-2
     assert tolerance_for("bf16", "anything").max_rel == 1e-2
     assert tolerance_for("int8", "logits").top1 == 0.99
-    assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "int8"}
+    assert tolerance_for("fp8", "logits").top1 == 0.99
+    assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "int8", "fp8"}
     with pytest.raises(ToleranceError):
-        tolerance_for("fp8", "logits")
+        tolerance_for("int4", "logits")
     assert tolerance_for("int8+fp16", "logits") == tolerance_for("int8", "logits")
 
 
