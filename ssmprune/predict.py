@@ -157,7 +157,7 @@ def _engine_deployed(path: Path) -> Deployed:
     from ssmprune.engine.manifest import manifest_path
     from ssmprune.engine.runtime import check_engine
     from ssmprune.exporter.manifest import Manifest
-    from ssmprune.parity.runners import Runtime, TrtRunner, require_engine_runtime
+    from ssmprune.parity.runners import engine_runtime
 
     engine = check_engine(path)  # manifest, size and sha256, TensorRT version, GPU architecture
     if engine.source is None:
@@ -165,11 +165,9 @@ def _engine_deployed(path: Path) -> Deployed:
                                 "has no export manifest to preprocess images by; build it from "
                                 "an `ssmprune export` folder")
     manifest = Manifest.from_json(json.dumps(engine.source), f"{manifest_path(path)} (source)")
-    require_engine_runtime(path)
-    (first,) = engine.onnx["inputs"]
-    runner = TrtRunner(path, first["name"], first["shape"], name="trt")
-    runtime = Runtime(runner, engine.precision, lambda: runner.provider)
-    return Deployed(path, manifest, runtime, "", first["name"], tuple(first["shape"]))
+    runtime = engine_runtime(path, engine)
+    return Deployed(path, manifest, runtime, "", runtime.runner.input_name,
+                    runtime.runner.input_shape)
 
 
 def timed_batches(runner: BaseRunner, input_name: str, x: Tensor, batch: int,

@@ -31,6 +31,7 @@ from polygraphy.datatype import DataType
 from torch import nn
 
 if TYPE_CHECKING:
+    from ssmprune.engine.manifest import EngineManifest
     from ssmprune.exporter.manifest import Manifest
 
 
@@ -262,7 +263,13 @@ def _trt_runner(ctx: RunnerContext) -> Runtime:
             f"engine {ctx.engine} was built from another ONNX (sha256 {str(built_from)[:12]}...) "
             f"than {ctx.directory / MODEL_FILE} ({str(onnx_sha)[:12]}...): build it again with "
             f"`ssmprune build {ctx.directory}`")
-    require_engine_runtime(ctx.engine)
-    m = ctx.manifest
-    runner = TrtRunner(ctx.engine, m.input["name"], m.input["shape"], name="trt")
+    return engine_runtime(ctx.engine, engine)
+
+
+def engine_runtime(engine_path: Path, engine: EngineManifest) -> Runtime:
+    """The ``trt`` runtime of a checked engine (``check_engine``): refused in one line
+    where this machine cannot run engines, judged by the engine's precision."""
+    require_engine_runtime(engine_path)
+    (first,) = engine.onnx["inputs"]
+    runner = TrtRunner(engine_path, first["name"], first["shape"], name="trt")
     return Runtime(runner, engine.precision, lambda: runner.provider)
