@@ -62,7 +62,7 @@ def register(trt: Any) -> list[tuple[str, str, str]]:
         if form == "aot":
             from ssmprune.plugins.tensorrt import quick
 
-            _REGISTERED[key] = quick.register(trt, SPECS)
+            _REGISTERED[key] = quick.register(trt)
         else:
             from ssmprune.plugins.tensorrt.v3 import plugin_classes
 

@@ -85,59 +85,58 @@ def aot_kernel(trt: Any, trtp: Any, spec: OpSpec, inputs: Sequence[Any],
     return compiled.metadata.name, aot.without_idle_hidden_parameters(compiled), params, extra
 
 
-def register(trt: Any, specs: Sequence[OpSpec] = (SCAN, GATHER)) -> list[str]:
-    """Declare ``specs`` (the two ops) to ``trt.plugin``; returns their plugin ids."""
+def register(trt: Any) -> list[str]:
+    """Declare both ops to ``trt.plugin``; returns their plugin ids."""
     trtp = importlib.import_module(f"{trt.__name__}.plugin")
     TensorDesc = trtp.TensorDesc
-    ids = {s.name: f"{NAMESPACE}::{s.name}" for s in specs}
+    scan_id, gather_id = (f"{NAMESPACE}::{s.name}" for s in (SCAN, GATHER))
+    names = type_names(trt)
+    to_trt = {v: k for k, v in names.items()}
 
     def out_descs(spec, inputs, values):
         dims = spec.output_dims([d.shape_expr for d in inputs], values, lambda v: v)
-        types = spec.output_types([type_names(trt)[d.dtype] for d in inputs])
-        to_trt = {v: k for k, v in type_names(trt).items()}
+        types = spec.output_types([names[d.dtype] for d in inputs])
         return tuple(trtp.from_shape_expr(trtp.ShapeExprs.from_tuple(tuple(ds)),
                                           dtype=to_trt[t]) for ds, t in zip(dims, types))
 
     def tune(spec):
         return [trtp.AutoTuneCombination(types, "LINEAR") for types in type_combinations(spec)]
 
-    if SCAN.name in ids:
-        @trtp.register(ids[SCAN.name])
-        def scan_desc(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
-                      C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
-                      gap: TensorDesc, delta_softplus: int, has_z: int) -> Tuple[TensorDesc]:
-            return out_descs(SCAN, (u, delta, A, B, C, D, z, delta_bias, gap), {})
+    @trtp.register(scan_id)
+    def scan_desc(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                  C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                  gap: TensorDesc, delta_softplus: int, has_z: int) -> Tuple[TensorDesc]:
+        return out_descs(SCAN, (u, delta, A, B, C, D, z, delta_bias, gap), {})
 
-        @trtp.autotune(ids[SCAN.name])
-        def scan_tune(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
-                      C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
-                      gap: TensorDesc, outputs: Tuple[TensorDesc]):
-            return tune(SCAN)
+    @trtp.autotune(scan_id)
+    def scan_tune(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                  C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                  gap: TensorDesc, outputs: Tuple[TensorDesc]):
+        return tune(SCAN)
 
-        @trtp.aot_impl(ids[SCAN.name])
-        def scan_aot(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
-                     C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
-                     gap: TensorDesc, delta_softplus: int, has_z: int,
-                     outputs: Tuple[TensorDesc], tactic: int):
-            return aot_kernel(trt, trtp, SCAN, (u, delta, A, B, C, D, z, delta_bias, gap),
-                              outputs, {"delta_softplus": delta_softplus, "has_z": has_z})
+    @trtp.aot_impl(scan_id)
+    def scan_aot(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
+                 C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
+                 gap: TensorDesc, delta_softplus: int, has_z: int,
+                 outputs: Tuple[TensorDesc], tactic: int):
+        return aot_kernel(trt, trtp, SCAN, (u, delta, A, B, C, D, z, delta_bias, gap),
+                          outputs, {"delta_softplus": delta_softplus, "has_z": has_z})
 
-    if GATHER.name in ids:
-        @trtp.register(ids[GATHER.name])
-        def gather_desc(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
-                        protect: int, insert_at: int) -> Tuple[TensorDesc, TensorDesc]:
-            return out_descs(GATHER, (scores, positions, x), {"k": k, "protect": protect})
+    @trtp.register(gather_id)
+    def gather_desc(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
+                    protect: int, insert_at: int) -> Tuple[TensorDesc, TensorDesc]:
+        return out_descs(GATHER, (scores, positions, x), {"k": k, "protect": protect})
 
-        @trtp.autotune(ids[GATHER.name])
-        def gather_tune(scores: TensorDesc, positions: TensorDesc, x: TensorDesc,
-                        outputs: Tuple[TensorDesc, TensorDesc]):
-            return tune(GATHER)
+    @trtp.autotune(gather_id)
+    def gather_tune(scores: TensorDesc, positions: TensorDesc, x: TensorDesc,
+                    outputs: Tuple[TensorDesc, TensorDesc]):
+        return tune(GATHER)
 
-        @trtp.aot_impl(ids[GATHER.name])
-        def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
-                       protect: int, insert_at: int, outputs: Tuple[TensorDesc, TensorDesc],
-                       tactic: int):
-            return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs,
-                              {"k": k, "protect": protect, "insert_at": insert_at})
+    @trtp.aot_impl(gather_id)
+    def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
+                   protect: int, insert_at: int, outputs: Tuple[TensorDesc, TensorDesc],
+                   tactic: int):
+        return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs,
+                          {"k": k, "protect": protect, "insert_at": insert_at})
 
-    return list(ids.values())
+    return [scan_id, gather_id]
