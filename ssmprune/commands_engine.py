@@ -37,11 +37,19 @@ def _targets(ctx, param, value):
               help="Engine that later TensorRT versions can run (full TensorRT).")
 @click.option("--hardware-compatible", is_flag=True,
               help="Engine for Ampere (sm_80) and later GPUs (full TensorRT).")
+@click.option("--plugin-form", type=click.Choice(["v3", "aot"]), default=None,
+              help="Form of ssmprune's plugins: aot (kernels compiled into the engine, no "
+                   "Python at run time; TensorRT >= 10.9) or v3 (Python IPluginV3). Default: "
+                   "SSMPRUNE_TRT_PLUGINS, else aot where TensorRT has it.")
+@click.option("--ptx-version", default=None, metavar="X.Y",
+              help="PTX ISA of the aot plugins' kernels, e.g. 8.4: the newest the oldest "
+                   "driver that will run the engine accepts (default: the newest this "
+                   "machine's driver accepts).")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None,
               help="Builder optimization level (lower builds faster; default TensorRT's).")
 @click.option("--verbose", is_flag=True, help="Show TensorRT's warnings and info messages.")
 def build(source, output, precision, targets, no_plugins, timing_cache, version_compatible,
-          hardware_compatible, opt_level, verbose):
+          hardware_compatible, plugin_form, ptx_version, opt_level, verbose):
     """Build a TensorRT engine from SOURCE (an export folder or .onnx file), with its manifest.
 
     Custom nodes (ssmprune::SelectiveScan, ssmprune::TokenGather) are bound
@@ -55,7 +63,8 @@ def build(source, output, precision, targets, no_plugins, timing_cache, version_
     options = BuildOptions(precision=precision, targets=targets, plugins=not no_plugins,
                            timing_cache=timing_cache, version_compatible=version_compatible,
                            hardware_compatible=hardware_compatible,
-                           optimization_level=opt_level)
+                           optimization_level=opt_level, plugin_form=plugin_form,
+                           ptx_version=ptx_version)
     built, engine_path, manifest_path = build_to_file(
         source, output, options, echo_level="info" if verbose else "none")
     for note in built.notes:
@@ -66,7 +75,10 @@ def build(source, output, precision, targets, no_plugins, timing_cache, version_
     click.echo(f"built {engine_path} ({engine_path.stat().st_size / 2**20:.1f} MiB) with "
                f"{built.flavour.display} in {built.seconds:.1f}s: precision {built.precision}, "
                f"for {targets_text}")
-    click.echo(f"plugins: {plugins or 'none'}"
+    form = (f" ({built.plugin_form} form"
+            + (f", PTX {built.ptx_version}" if built.ptx_version else "") + ")"
+            if built.plugin_form else "")
+    click.echo(f"plugins: {plugins or 'none'}{form}"
                + (f"; lowered to standard ops: {lowered}" if lowered else ""))
     click.echo(f"wrote {manifest_path}")
 

@@ -29,7 +29,8 @@ from ssmprune.engine import trt as trt_mod
 from ssmprune.engine.errors import (EngineBuildError, TensorRTUnavailableError,
                                     UnsupportedBuildOptionError)
 from ssmprune.engine.plugins import (PluginRef, custom_nodes, drop_bodies,
-                                     lower_to_standard_ops, register_plugins)
+                                     lower_to_standard_ops, nodes_named_by_op, plugin_form,
+                                     register_plugins)
 from ssmprune.errors import BadInputFileError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -52,6 +53,10 @@ class BuildOptions:
         version_compatible / hardware_compatible: TensorRT's compatibility modes.
         optimization_level: builder optimization level 0-5 (None: TensorRT's default).
         flavour: force ``tensorrt`` or ``tensorrt_rtx`` (None: see ``trt.installed``).
+        plugin_form: ``v3`` or ``aot`` (None: ``SSMPRUNE_TRT_PLUGINS``, else aot where
+            TensorRT has it).
+        ptx_version: PTX ISA of the aot plugins' kernels, e.g. ``"8.4"`` (None: the
+            newest the build machine's driver loads).
     """
 
     precision: Optional[str] = None
@@ -62,6 +67,8 @@ class BuildOptions:
     hardware_compatible: bool = False
     optimization_level: Optional[int] = None
     flavour: Optional[str] = None
+    plugin_form: Optional[str] = None
+    ptx_version: Optional[str] = None
 
 
 @dataclass
@@ -80,6 +87,8 @@ class BuiltEngine:
     outputs: list[dict[str, Any]]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    plugin_form: Optional[str] = None  # v3 / aot; None without plugin layers
+    ptx_version: Optional[str] = None  # the aot kernels' PTX ISA, "8.4"
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,48 @@ def check_fp8_targets(targets: Sequence[str]) -> None:
             "sm_120, or calibrate with --precision int8")
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def _ptx_text(version: Optional[int]) -> Optional[str]:
+    if version is None:
+        return None
+    from ssmprune.plugins.triton import ptx
+
+    return ptx.as_text(version)
+
+
+def plugin_choice(flavour: trt_mod.Flavour, options: BuildOptions, needed: Sequence[PluginRef],
+                  gpu: Optional[str]) -> tuple[Optional[str], Optional[int]]:
+    """(plugin form, PTX ISA of its kernels, 84 for 8.4) a build binds ``needed`` with;
+    (None, None) when it binds none. Checked before any parsing: ``--ptx-version``
+    only with the aot form, and no ``--hardware-compatible`` engine with it (its
+    kernels are compiled for the build GPU's architecture)."""
+    binds = options.plugins and bool(needed) and not flavour.is_rtx
+    form = plugin_form(flavour, options.plugin_form) if binds else None
+    if form != "aot":
+        if options.ptx_version is not None:
+            raise UnsupportedBuildOptionError(
+                f"--ptx-version sets the PTX of the aot plugins' kernels; this build "
+                f"{'binds the ' + form + ' form' if form else 'has no plugin layers'}")
+        return form, None
+    from ssmprune.plugins.triton import ptx
+
+    if options.hardware_compatible:
+        raise UnsupportedBuildOptionError(
+            "--hardware-compatible engines run on every GPU from Ampere on, but the aot "
+            f"plugins' kernels are compiled for this GPU ({gpu}) only: build without "
+            "--hardware-compatible (one engine per GPU architecture), or with the v3 form "
+            "(SSMPRUNE_TRT_PLUGINS=v3, Python on the device)")
+    try:
+        requested = None if options.ptx_version is None else ptx.parse(options.ptx_version)
+        chosen = ptx.choose(int(gpu[3:]), requested, ptx.driver_cuda_version())
+    except ValueError as err:
+        raise UnsupportedBuildOptionError(f"--ptx-version: {err}") from None
+    return form, chosen
+
+
 def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
                  echo_level: str = "none") -> BuiltEngine:
     """Parse ``onnx_path`` and build a serialized engine as ``options`` ask.
@@ -269,13 +320,16 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
     check_external_data(model, onnx_path)
 
     needed = sorted(custom_nodes(model))
+    form, ptx_version = plugin_choice(flavour, options, needed, gpu)
     if options.plugins:
-        plugins = register_plugins(flavour, needed)
+        plugins = register_plugins(flavour, needed, form=form, ptx_version=ptx_version)
         if plugins and options.version_compatible:
             raise UnsupportedBuildOptionError(
                 "ssmprune does not build version-compatible engines with plugin layers (the "
                 "lean runtime cannot load Python plugins); build with --no-plugins")
         model, lowered = drop_bodies(model, plugins), {}
+        if form == "aot" and _version_tuple(flavour.version) < (10, 10):
+            model = nodes_named_by_op(model)
     else:
         plugins = []
         model, lowered = lower_to_standard_ops(model)
@@ -326,4 +380,5 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
         write_atomic(options.timing_cache, memoryview(cache.serialize()))
     inputs, outputs = _io(network)
     return BuiltEngine(memoryview(engine).cast("B"), flavour, precision, strongly_typed,
-                       targets, gpu, plugins, lowered, inputs, outputs, seconds, notes)
+                       targets, gpu, plugins, lowered, inputs, outputs, seconds, notes,
+                       form if plugins else None, _ptx_text(ptx_version) if plugins else None)

@@ -10,6 +10,7 @@
      "version_compatible": false,
      "precision": "fp32", "strongly_typed": true,
      "plugins": [{"name": "SelectiveScan", "version": "1", "namespace": "ssmprune"}],
+     "plugin_form": "aot", "ptx_version": "8.4",
      "lowered_ops": {"ssmprune::SelectiveScan": 48},
      "onnx": {"file": "...", "sha256": "...", "inputs": [...], "outputs": [...]},
      "source": {...the export manifest, when there is one...},
@@ -18,7 +19,10 @@
 
 ``gpu.targets`` is None when TensorRT-RTX chose its default targets; with
 full TensorRT the engine is for ``gpu.built_on`` (or, hardware-compatible,
-for Ampere and later).
+for Ampere and later). ``plugin_form`` is the form of ssmprune's plugins the
+engine holds (``v3``: Python IPluginV3 creators needed at run time; ``aot``:
+kernels inside the engine, written in PTX ISA ``ptx_version``, which the
+running driver must accept); both null without plugin layers.
 
 Writes are atomic (a temporary file in the same folder, then rename), engine
 first, manifest last: a manifest never describes a half-written engine.
@@ -79,6 +83,8 @@ class EngineManifest:
     strongly_typed: bool
     version_compatible: bool = False
     plugins: list[dict[str, str]] = field(default_factory=list)
+    plugin_form: Optional[str] = None
+    ptx_version: Optional[str] = None
     lowered_ops: dict[str, int] = field(default_factory=dict)
     onnx: dict[str, Any] = field(default_factory=dict)
     source: Optional[dict[str, Any]] = None

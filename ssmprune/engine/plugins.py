@@ -14,9 +14,10 @@ ops are removed from the model, for ``--no-plugins`` they are inlined here, and
 either way the parser sees exactly one choice.
 
 Plugins come from a provider module, ``ssmprune.plugins.tensorrt``, which must
-define ``register(trt) -> list[tuple[str, str, str]]``: it registers its
-creators in ``trt.get_plugin_registry()`` and returns their
-``(namespace, name, version)``.
+define ``register(trt, form, ptx_version) -> list[tuple[str, str, str]]``: it
+registers its creators in ``trt.get_plugin_registry()`` and returns their
+``(namespace, name, version)``; and ``chosen_form(trt, form) -> str``, the
+plugin form (``v3`` or ``aot``) a build would use.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import importlib
 import importlib.util
 from collections import Counter
 from dataclasses import dataclass
+from typing import Optional
 
 import onnx
 
@@ -124,10 +126,45 @@ def _provider():
     return None if spec is None else importlib.import_module(PROVIDER_MODULE)
 
 
+NO_PLUGINS = "build with --no-plugins to lower the custom nodes to standard ops"
+
+
+def plugin_form(flavour: trt_mod.Flavour, form: Optional[str] = None,
+                way_out: str = NO_PLUGINS) -> str:
+    """The plugin form (``v3`` / ``aot``) ``flavour`` would bind: ``form`` if given, else
+    ``SSMPRUNE_TRT_PLUGINS``, else aot where TensorRT has it. PluginUnavailableError
+    when that form cannot be used with ``flavour``."""
+    provider = _provider()
+    if provider is None:
+        raise PluginUnavailableError(f"module {PROVIDER_MODULE} is not in this installation; "
+                                     f"{way_out}")
+    try:
+        return provider.chosen_form(flavour.trt, form)
+    except ValueError as err:
+        raise PluginUnavailableError(f"{err}; or {way_out}") from None
+
+
+def nodes_named_by_op(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each custom node named after its op type.
+
+    TensorRT 10.8 and 10.9 hand a decorator plugin's creator the node's name
+    where it looks the plugin up by its op name (10.10 passes the op type), so
+    a node named otherwise fails there with a KeyError inside tensorrt.plugin.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            node.name = node.op_type
+    return out
+
+
 def register_plugins(flavour: trt_mod.Flavour, needed: list[PluginRef],
-                     way_out: str = "build with --no-plugins to lower the custom nodes to "
-                                    "standard ops") -> list[PluginRef]:
-    """Register ssmprune's plugins with ``flavour`` and check that every needed one is there.
+                     way_out: str = NO_PLUGINS, form: Optional[str] = None,
+                     ptx_version: Optional[int] = None) -> list[PluginRef]:
+    """Register ssmprune's plugins (``form``, default ``plugin_form``'s; the aot form's
+    kernels in PTX ISA ``ptx_version``) with ``flavour`` and check that every needed
+    one is there.
 
     Raises ``PluginUnavailableError`` naming what is missing, followed by
     ``way_out``.
@@ -142,8 +179,8 @@ def register_plugins(flavour: trt_mod.Flavour, needed: list[PluginRef],
             f"plugins'); {way_out}")
     provider = _provider()
     try:
-        provided = set() if provider is None else {PluginRef(*r)
-                                                   for r in provider.register(flavour.trt)}
+        provided = set() if provider is None else {
+            PluginRef(*r) for r in provider.register(flavour.trt, form, ptx_version)}
     except (AttributeError, TypeError, ValueError) as err:  # a TensorRT without V3 plugins
         raise PluginUnavailableError(
             f"ssmprune's TensorRT plugins could not be registered with {flavour.display} "

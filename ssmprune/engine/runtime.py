@@ -90,6 +90,44 @@ def needed_plugins(manifest: EngineManifest) -> list[PluginRef]:
     return [PluginRef(p["namespace"], p["name"], p["version"]) for p in manifest.plugins]
 
 
+def check_plugin_form(manifest: EngineManifest, name: str,
+                      driver: Optional[tuple[int, int]] = None) -> Optional[str]:
+    """The form of ssmprune's plugins the engine holds (None: no plugin layers), once it
+    is known to be loadable here: ``SSMPRUNE_TRT_PLUGINS``, when set, names the same
+    form, and an aot engine's PTX is one the CUDA ``driver`` (e.g. (12, 4); None:
+    unknown, not checked) accepts."""
+    if not manifest.plugins:
+        return None
+    from ssmprune.plugins.tensorrt import FORM_VAR, FORMS
+    from ssmprune.plugins.triton import ptx
+
+    form = manifest.plugin_form
+    if form not in FORMS:
+        raise EngineFileError(f"engine {name} has plugin layers but its manifest does not say "
+                              "which form of ssmprune's plugins (an older ssmprune built it): "
+                              "rebuild it with `ssmprune build`")
+    asked = os.environ.get(FORM_VAR)
+    if asked and asked != form:
+        raise EngineMismatchError(
+            f"engine {name} holds the {form} form of ssmprune's plugins, but {FORM_VAR}={asked}: "
+            f"unset {FORM_VAR} (the engine's own form is used), or rebuild the engine with "
+            f"{FORM_VAR}={asked}")
+    if form == "aot" and driver is not None:
+        try:
+            built = ptx.parse(str(manifest.ptx_version))
+        except ValueError:
+            raise EngineFileError(f"engine {name}'s manifest records no valid ptx_version for "
+                                  "its aot plugins: rebuild it with `ssmprune build`") from None
+        accepted = ptx.driver_max_ptx(driver)
+        if built > accepted:
+            raise EngineMismatchError(
+                f"engine {name}'s plugin kernels are PTX {ptx.as_text(built)}, and this driver "
+                f"(CUDA {driver[0]}.{driver[1]}) loads PTX up to {ptx.as_text(accepted)}: "
+                f"rebuild with `ssmprune build --ptx-version {ptx.as_text(accepted)}`, or "
+                "update the NVIDIA driver")
+    return form
+
+
 @dataclass
 class LoadedEngine:
     """A deserialized engine with the runtime that must outlive it."""
@@ -110,9 +148,13 @@ def load_engine(engine_path: PathLike, flavour: Optional[trt_mod.Flavour] = None
                          "usable here")
     flavour = flavour or trt_mod.load()
     manifest = check_engine(engine_path, flavour, arch)
-    register_plugins(flavour, needed_plugins(manifest),
-                     way_out="install ssmprune's TensorRT plugins, or rebuild the engine "
-                             "with --no-plugins")
+    from ssmprune.plugins.triton.ptx import driver_cuda_version
+
+    form = check_plugin_form(manifest, engine_path.name, driver_cuda_version())
+    if form == "v3":  # an aot engine carries its kernels: nothing to register
+        register_plugins(flavour, needed_plugins(manifest), form=form,
+                         way_out="install ssmprune's TensorRT plugins, or rebuild the engine "
+                                 "with --no-plugins")
     logger = trt_mod.make_logger(flavour)
     runtime = flavour.trt.Runtime(logger)
     if manifest.version_compatible and hasattr(runtime, "engine_host_code_allowed"):

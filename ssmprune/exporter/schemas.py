@@ -22,6 +22,16 @@ TokenGather(scores, positions, x) -> (kept_positions, x_kept)
     kept_positions: (b k') int64; x_kept: (b k' ...), k' = k + (protect >= 0).
     Attributes: k (int, required), protect (int, default -1),
     insert_at (int, default 0).
+
+Both carry the plugin's lookup keys as STRING attributes, ``plugin_namespace``
+("ssmprune") and ``plugin_version`` ("1"), as TensorRT's ONNX parser reads them
+(``FallbackPluginImporter``): TensorRT before 10.10 looks a plugin up by these
+attributes only (not by the node's domain), and 10.7 and later prefer a
+registered plugin over the node's model-local function only when the node has
+``plugin_namespace``. The parser hands the creator only the attributes the
+creator declares as fields, so these two never reach a plugin. The exporter
+writes every attribute explicitly: the parser fills in no defaults, and a
+decorator plugin's ``aot_impl`` takes all of its attributes, in order.
 """
 
 from __future__ import annotations
@@ -40,6 +50,10 @@ SCAN_ATTRIBUTES = {"delta_softplus": 0, "has_z": 1}
 GATHER_INPUTS = ("scores", "positions", "x")
 GATHER_OUTPUTS = ("kept_positions", "x_kept")
 GATHER_ATTRIBUTES = {"k": None, "protect": -1, "insert_at": 0}
+PLUGIN_NAMESPACE = DOMAIN
+PLUGIN_VERSION = str(VERSION)
+#: The plugin lookup attributes every custom node carries (STRING).
+PLUGIN_ATTRIBUTES = {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 _INTS = ["tensor(int32)", "tensor(int64)"]
@@ -49,6 +63,11 @@ _SCAN_TYPES = {"u": "T", "delta": "T", "A": "F", "B": "T", "C": "T", "D": "F", "
 _P = defs.OpSchema.FormalParameter
 _A = defs.OpSchema.Attribute
 _INT = defs.OpSchema.AttrType.INT
+
+
+def _plugin_attributes() -> list:
+    return [_A(name, helper.make_attribute(name, value), f"TensorRT plugin lookup key ({value})")
+            for name, value in PLUGIN_ATTRIBUTES.items()]
 
 
 def _int_attr(ctx: InferenceContext, name: str, default: int) -> int:
@@ -86,7 +105,8 @@ def _selective_scan_schema() -> defs.OpSchema:
                           ("I", _INTS, "gap counts")],
         attributes=[_A("delta_softplus", helper.make_attribute("delta_softplus", 0),
                        "1: dt = softplus(delta + delta_bias)"),
-                    _A("has_z", helper.make_attribute("has_z", 1), "0: no silu(z) gate")],
+                    _A("has_z", helper.make_attribute("has_z", 1), "0: no silu(z) gate"),
+                    *_plugin_attributes()],
     )
     schema.set_type_and_shape_inference_function(_infer_selective_scan)
     return schema
@@ -104,7 +124,8 @@ def _token_gather_schema() -> defs.OpSchema:
                     _A("protect", helper.make_attribute("protect", -1),
                        "protected token, -1: none"),
                     _A("insert_at", helper.make_attribute("insert_at", 0),
-                       "output index of the protected token")],
+                       "output index of the protected token"),
+                    *_plugin_attributes()],
     )
     schema.set_type_and_shape_inference_function(_infer_token_gather)
     return schema

@@ -14,6 +14,9 @@ the bodies are attached afterwards (``ssmprune.exporter.stages.attach_bodies``).
   concatenated along the last axis, gathered by one ``TokenGather``, then
   split, reshaped and cast back. Vim gathers its hidden states and fp32
   residual this way in one node; PlainMamba gathers one tensor as it is.
+
+Every node carries all of its attributes explicitly, and the plugin lookup keys
+``plugin_namespace`` / ``plugin_version`` (why: ``schemas``).
 """
 
 from __future__ import annotations
@@ -59,12 +62,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None,
     if gap is None:
         gap = _zeros((b, length), np.int64)
     return ssm.SelectiveScan(u, delta, A, B, C, D, u if z is None else z, delta_bias, gap,
-                             delta_softplus=int(bool(delta_softplus)), has_z=int(z is not None))
+                             delta_softplus=int(bool(delta_softplus)), has_z=int(z is not None),
+                             **schemas.PLUGIN_ATTRIBUTES)
 
 
 def token_gather(scores, positions, tensors, k, protect=-1, insert_at=0):
     """``ssmprune::token_gather`` -> one ``ssmprune::TokenGather`` (module docstring)."""
-    attrs = dict(k=int(k), protect=int(protect), insert_at=int(insert_at))
+    attrs = dict(k=int(k), protect=int(protect), insert_at=int(insert_at),
+                 **schemas.PLUGIN_ATTRIBUTES)
     if not tensors:  # positions only: gather a dummy column and drop it
         kept, _ = ssm.TokenGather(scores, positions, op.Unsqueeze(scores, [-1]), **attrs)
         return [kept]

@@ -177,6 +177,46 @@ def test_loading_needs_a_gpu(engine, monkeypatch):
         runtime.load_engine(engine)
 
 
+# ---- plugin forms and the aot kernels' PTX -------------------------------------------------------
+
+def test_an_aot_engine_whose_ptx_the_driver_rejects_is_refused(monkeypatch):
+    monkeypatch.delenv("SSMPRUNE_TRT_PLUGINS", raising=False)
+    manifest = make_manifest(plugin_form="aot", ptx_version="9.4")
+    with pytest.raises(EngineMismatchError,
+                       match=r"PTX 9\.4.*CUDA 12\.4.*up to 8\.4.*--ptx-version 8\.4"):
+        runtime.check_plugin_form(manifest, "e", driver=(12, 4))
+    assert runtime.check_plugin_form(manifest, "e", driver=(13, 4)) == "aot"
+    assert runtime.check_plugin_form(manifest, "e", driver=None) == "aot"  # no driver: unknown
+
+
+def test_an_engine_of_the_other_plugin_form_is_refused(monkeypatch):
+    monkeypatch.setenv("SSMPRUNE_TRT_PLUGINS", "v3")
+    with pytest.raises(EngineMismatchError,
+                       match="holds the aot form.*SSMPRUNE_TRT_PLUGINS=v3: unset"):
+        runtime.check_plugin_form(make_manifest(plugin_form="aot", ptx_version="8.4"), "e")
+    assert runtime.check_plugin_form(make_manifest(plugin_form="v3"), "e") == "v3"
+    assert runtime.check_plugin_form(make_manifest(plugins=[]), "e") is None
+
+
+@pytest.mark.parametrize("form, ptx", [(None, None), ("aot", None), ("aot", "8.x")])
+def test_an_engine_whose_manifest_hides_its_plugin_form_is_refused(monkeypatch, form, ptx):
+    monkeypatch.delenv("SSMPRUNE_TRT_PLUGINS", raising=False)
+    with pytest.raises(EngineFileError, match="rebuild it"):
+        runtime.check_plugin_form(make_manifest(plugin_form=form, ptx_version=ptx), "e",
+                                  driver=(12, 4))
+
+
+def test_nodes_named_by_op_for_tensorrt_10_9():
+    import onnx
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("SelectiveScan", ["a"], ["b"], name="node_selective_scan_3",
+                               domain="ssmprune"),
+         onnx.helper.make_node("Relu", ["b"], ["c"], name="relu")], "g", [], [])
+    renamed = plugins_mod.nodes_named_by_op(onnx.helper.make_model(graph))
+    assert [n.name for n in renamed.graph.node] == ["SelectiveScan", "relu"]
+
+
 def test_every_failure_is_a_user_error():
     for cls in (EngineFileError, EngineMismatchError, NoGpuError, PluginUnavailableError):
         assert issubclass(cls, SsmpruneError)

@@ -10,8 +10,6 @@ TensorRT: engines with the plugins built from small exports and compared
 with PyTorch (``needs_gpu_tensorrt``).
 """
 
-import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -219,43 +217,6 @@ def test_gather_plugin_launch_matches_the_reference(interpreter, protect, insert
 
 # ---- the ahead-of-time kernels ---------------------------------------------------------------
 
-def _ptxas():
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    return get_ptxas(aot.DEFAULT_ARCH).path
-
-
-@pytest.mark.parametrize("spec", [SCAN, GATHER], ids=lambda s: s.name)
-def test_aot_ptx_takes_exactly_tensorrts_arguments(spec, tmp_path):
-    if spec is SCAN:
-        kw = make_inputs(2, 32, 20, 16, seed=0)
-        inputs = [kw["u"], kw["delta"], kw["A"], kw["B"], kw["C"], kw["D"], kw["z"],
-                  kw["delta_bias"], kw["gap"]]
-        outputs, values = [torch.empty_like(kw["u"])], {"delta_softplus": 1, "has_z": 1}
-    else:
-        inputs = [torch.randn(2, 17), torch.arange(17).expand(2, 17).contiguous(),
-                  torch.randn(2, 17, 24)]
-        outputs = [torch.empty(2, 9, dtype=torch.int64), torch.empty(2, 9, 24)]
-        values = {"k": 8, "protect": 0, "insert_at": 4}
-    launch = spec.make_launch(inputs, outputs, values)
-    compiled = aot.compile_for_cuda(launch)
-    ptx = aot.without_idle_hidden_parameters(compiled)
-    entry = aot.entry_parameters(ptx)
-    scalars = aot.scalar_arguments(compiled, launch)
-    pointers = len(inputs) + len(outputs)
-    assert len(entry) == pointers + len(scalars) == aot.declared_parameter_count(compiled)
-    # inputs, then the integer scalars, then the outputs: TensorRT's order.
-    assert [p.is_pointer for p in entry] == \
-        [True] * len(inputs) + [False] * len(scalars) + [True] * len(outputs)
-    if spec is GATHER:  # m, k, protect, insert_at, num_out, then strides and row sizes
-        assert scalars[:5] == [17, 8, 0, 4, 9]
-    (tmp_path / "k.ptx").write_text(ptx)
-    target = re.search(r"\.target\s+(\w+)", ptx).group(1)  # sm_90a
-    done = subprocess.run([_ptxas(), f"--gpu-name={target}", str(tmp_path / "k.ptx"),
-                           "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
 def test_aot_refuses_a_kernel_that_reads_hidden_parameters(monkeypatch):
     launch = GATHER.make_launch(
         [torch.randn(1, 4), torch.arange(4)[None], torch.randn(1, 4, 2)],
@@ -278,129 +239,24 @@ def test_aot_refuses_a_kernel_that_reads_hidden_parameters(monkeypatch):
 def test_plugin_engine_matches_torch(case, form, tmp_path, monkeypatch):
     from exporter.export_cases import CASES
     from ssmprune.engine.build import BuildOptions
+    from ssmprune.engine.manifest import read_manifest
     from ssmprune.engine.runtime import EngineRunner
     from ssmprune.engine.save import build_to_file
     from ssmprune.exporter import ExportOptions, export
-    from ssmprune.models import create_model
+    from ssmprune.exporter.export import model_from_manifest
+    from ssmprune.exporter.stages import INPUT_NAME
 
     if form == "aot" and not trt_plugins.has_aot(FLAVOUR.trt):
         pytest.skip(f"{FLAVOUR.display} has no tensorrt.plugin.aot_impl (needs >= 10.9)")
-    monkeypatch.setenv(trt_plugins.FORM_VAR, form)
     c = CASES[case]
     result = export(ExportOptions(c.model, prune=c.prune, overrides=c.overrides), tmp_path / "e")
-    _, engine_path, manifest = build_to_file(result.directory, tmp_path / "m.engine",
-                                             BuildOptions())
-    assert {p["name"] for p in manifest.plugins} == {"SelectiveScan", "TokenGather"}
-    torch.manual_seed(0)
-    model = create_model(c.model, prune=c.prune, **c.overrides).eval()
-    x = torch.randn(1, 3, c.overrides["img_size"], c.overrides["img_size"])
+    built, engine_path, _ = build_to_file(result.directory, tmp_path / "m.engine",
+                                          BuildOptions(plugin_form=form))
+    assert {p.name for p in built.plugins} == {"SelectiveScan", "TokenGather"}
+    assert read_manifest(engine_path).plugin_form == form
+    model = model_from_manifest(result.manifest).eval()
+    x = torch.randn(*result.manifest.input["shape"])
     with EngineRunner(engine_path) as runner:
-        (out,) = runner.infer({"x": x}).values()
+        (out,) = runner.infer({INPUT_NAME: x.cuda()}).values()
     with torch.no_grad():
         assert max_rel_error(out.cpu(), model(x)) <= 1e-4
-
-
-
-# ---- the decorator form against a stand-in tensorrt.plugin -----------------------------------
-
-class _Dim:
-    def __init__(self, value):
-        self.value = value
-        self.is_constant = value is not None
-
-    def constant_value(self):
-        return self.value
-
-
-class _Shape(list):
-    @classmethod
-    def from_tuple(cls, dims):
-        return cls(d if isinstance(d, _Dim) else _Dim(d) for d in dims)
-
-
-class _FakeQdp:
-    """The parts of ``tensorrt.plugin`` that ``quick`` uses, recording what is declared."""
-
-    def __init__(self):
-        self.declared = {}
-        self.ShapeExprs = _Shape
-        self.TensorDesc = type("TensorDesc", (), {})
-        self.KernelLaunchParams = lambda **kw: kw
-        self.SymIntExprs = lambda n: [None] * n
-        self.SymInt32 = int
-        self.AutoTuneCombination = lambda types, formats: (types, formats)
-
-    def from_shape_expr(self, shape, dtype):
-        desc = self.TensorDesc()
-        desc.shape_expr, desc.dtype = shape, dtype
-        return desc
-
-    def __getattr__(self, kind):  # register / autotune / aot_impl
-        def decorator(plugin_id):
-            def record(fn):
-                self.declared[kind, plugin_id] = fn
-                return fn
-            return record
-        return decorator
-
-
-@needs_trt
-def test_decorator_form_declares_and_compiles_both_ops(monkeypatch):
-    import inspect
-    import sys
-
-    trt = FLAVOUR.trt
-    fake = _FakeQdp()
-    monkeypatch.setitem(sys.modules, f"{trt.__name__}.plugin", fake)
-    assert quick.register(trt) == ["ssmprune::SelectiveScan", "ssmprune::TokenGather"]
-
-    def desc(shape, dtype):
-        return fake.from_shape_expr(_Shape.from_tuple(shape), dtype)
-
-    # TensorRT reads the inputs and attributes from the signatures.
-    for spec in (SCAN, GATHER):
-        pid = f"ssmprune::{spec.name}"
-        params = list(inspect.signature(fake.declared["register", pid]).parameters)
-        assert params == [n for n, _ in spec.inputs] + [n for n, _ in spec.fields]
-        aot_params = list(inspect.signature(fake.declared["aot_impl", pid]).parameters)
-        assert aot_params == params + ["outputs", "tactic"]
-
-    f32, i64 = trt.float32, trt.int64
-    x = desc((2, 17, 24), trt.float16)
-    kept_pos, kept_x = fake.declared["register", "ssmprune::TokenGather"](
-        desc((2, 17), f32), desc((2, 17), i64), x, 8, 0, 4)
-    assert [d.value for d in kept_x.shape_expr] == [2, 9, 24] and kept_x.dtype == trt.float16
-    assert [d.value for d in kept_pos.shape_expr] == [2, 9] and kept_pos.dtype == i64
-    assert len(fake.declared["autotune", "ssmprune::TokenGather"](
-        desc((2, 17), f32), desc((2, 17), i64), x, ())) == 3
-
-    name, ptx, params, extra = fake.declared["aot_impl", "ssmprune::TokenGather"](
-        desc((2, 17), f32), desc((2, 17), i64), desc((2, 17, 24), f32), 8, 0, 4,
-        (desc((2, 9), i64), desc((2, 9, 24), f32)), 0)
-    assert name == "_token_gather_kernel" and params["grid_x"] == 2
-    assert params["block_x"] % 32 == 0 and extra[:5] == [17, 8, 0, 4, 9]
-    assert len(aot.entry_parameters(ptx)) == 5 + len(extra)
-
-    b, d, l, n = 1, 32, 20, 16
-    scan_in = [desc((b, d, l), f32), desc((b, d, l), f32), desc((d, n), f32),
-               desc((b, n, l), f32), desc((b, n, l), f32), desc((d,), f32),
-               desc((b, d, l), f32), desc((d,), f32), desc((b, l), i64)]
-    (y,) = fake.declared["register", "ssmprune::SelectiveScan"](*scan_in, 1, 1)
-    assert [v.value for v in y.shape_expr] == [b, d, l] and y.dtype == f32
-    name, ptx, params, extra = fake.declared["aot_impl", "ssmprune::SelectiveScan"](
-        *scan_in, 1, 1, (desc((b, d, l), f32),), 0)
-    assert name == "_selective_scan_kernel" and len(aot.entry_parameters(ptx)) == 10 + len(extra)
-    assert (params["grid_x"], params["grid_y"]) == (b, d // 8)
-
-
-@needs_trt
-def test_decorator_form_refuses_dynamic_shapes(monkeypatch):
-    import sys
-
-    fake = _FakeQdp()
-    monkeypatch.setitem(sys.modules, f"{FLAVOUR.trt.__name__}.plugin", fake)
-    quick.register(FLAVOUR.trt)
-    dynamic = fake.from_shape_expr(_Shape.from_tuple((_Dim(None), 17)), FLAVOUR.trt.float32)
-    with pytest.raises(ValueError, match="static shapes"):
-        fake.declared["aot_impl", "ssmprune::TokenGather"](
-            dynamic, dynamic, dynamic, 8, 0, 4, (dynamic, dynamic), 0)

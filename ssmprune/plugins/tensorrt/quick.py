@@ -13,13 +13,17 @@ would be (``plugins.triton.aot.compile_for_cuda``), and a dynamic dimension is
 refused. Needs TensorRT >= 10.9 (``tensorrt.plugin.aot_impl``) and a GPU to
 build on; nothing here runs under TensorRT-RTX, which has no ``plugin``
 module. The signatures are spelled out per op because TensorRT reads each
-input's name and annotation from them (so no ``from __future__ import
-annotations`` in this module).
+input's name and annotation from them, and validates them when they are
+declared: ``aot_impl`` must name its return type (so no ``from __future__
+import annotations`` in this module). The kernels are written in the PTX ISA
+version of ``SETTINGS`` (``ptx.choose``), so that the driver of the machine
+that runs the engine can load them.
 """
 
 import importlib
 import itertools
-from typing import Any, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -27,10 +31,21 @@ from ssmprune.plugins.tensorrt.buffers import TORCH_DTYPES, type_names
 from ssmprune.plugins.tensorrt.selective_scan import SPEC as SCAN
 from ssmprune.plugins.tensorrt.spec import NAMESPACE, TYPE_CLASSES, OpSpec
 from ssmprune.plugins.tensorrt.token_gather import SPEC as GATHER
-from ssmprune.plugins.triton import aot
+from ssmprune.plugins.triton import aot, ptx
 
 #: spec type names -> the names of ``tensorrt.plugin.AutoTuneCombination``.
 QDP_TYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int32": "INT32", "int64": "INT64"}
+
+
+@dataclass
+class AotSettings:
+    """How the ahead-of-time kernels are compiled. ``ptx_version``: PTX ISA (84 = 8.4);
+    None: ``ptx.choose``'s default for the build GPU and its driver."""
+
+    ptx_version: Optional[int] = None
+
+
+SETTINGS = AotSettings()
 
 
 def type_combinations(spec: OpSpec) -> list[str]:
@@ -62,6 +77,12 @@ def build_arch() -> int:
     return aot.DEFAULT_ARCH
 
 
+def build_ptx_version(arch: int) -> int:
+    """The PTX ISA the kernels for sm_<arch> are written in (``SETTINGS``, else the
+    newest the build machine's driver loads)."""
+    return ptx.choose(arch, SETTINGS.ptx_version, ptx.driver_cuda_version())
+
+
 def aot_kernel(trt: Any, trtp: Any, spec: OpSpec, inputs: Sequence[Any],
                outputs: Sequence[Any], values: dict[str, int]):
     """(kernel name, PTX, launch parameters, integer arguments) for TensorRT."""
@@ -73,7 +94,8 @@ def aot_kernel(trt: Any, trtp: Any, spec: OpSpec, inputs: Sequence[Any],
                 for d in descs]
 
     launch = spec.make_launch(placeholders(inputs), placeholders(outputs), values)
-    compiled = aot.compile_for_cuda(launch, build_arch())
+    arch = build_arch()
+    compiled = aot.compile_for_cuda(launch, arch, build_ptx_version(arch))
     grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
     params = trtp.KernelLaunchParams(grid_x=grid[0], grid_y=grid[1], grid_z=grid[2],
                                      block_x=compiled.metadata.num_warps * aot.WARP_SIZE,
@@ -89,6 +111,9 @@ def register(trt: Any) -> list[str]:
     """Declare both ops to ``trt.plugin``; returns their plugin ids."""
     trtp = importlib.import_module(f"{trt.__name__}.plugin")
     TensorDesc = trtp.TensorDesc
+    # What aot_impl returns: kernel name, PTX, launch parameters, integer arguments.
+    Kernel = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams,
+                   trtp.SymIntExprs]
     scan_id, gather_id = (f"{NAMESPACE}::{s.name}" for s in (SCAN, GATHER))
     names = type_names(trt)
     to_trt = {v: k for k, v in names.items()}
@@ -118,7 +143,7 @@ def register(trt: Any) -> list[str]:
     def scan_aot(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
                  C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
                  gap: TensorDesc, delta_softplus: int, has_z: int,
-                 outputs: Tuple[TensorDesc], tactic: int):
+                 outputs: Tuple[TensorDesc], tactic: int) -> Kernel:
         return aot_kernel(trt, trtp, SCAN, (u, delta, A, B, C, D, z, delta_bias, gap),
                           outputs, {"delta_softplus": delta_softplus, "has_z": has_z})
 
@@ -135,7 +160,7 @@ def register(trt: Any) -> list[str]:
     @trtp.aot_impl(gather_id)
     def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
                    protect: int, insert_at: int, outputs: Tuple[TensorDesc, TensorDesc],
-                   tactic: int):
+                   tactic: int) -> Kernel:
         return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs,
                           {"k": k, "protect": protect, "insert_at": insert_at})
 

@@ -12,15 +12,16 @@ the kernel body ever reads it.
 Compiling needs no GPU: Triton's CUDA backend lowers to PTX and assembles it
 with the ``ptxas`` shipped in its wheel for any target architecture, so CI
 checks here that every kernel variant compiles, not only that it interprets.
-The PTX ISA version follows that ptxas (Triton 3.9: 9.4 for sm_90 and newer,
-from CUDA 13.4; 8.8 below sm_90): a driver that loads the PTX must support
-it, else pass the ``ptx_version`` compiler option in the launch's kwargs.
+The PTX ISA version is chosen by the caller (``ptx.choose``): left to
+Triton, it follows the bundled ptxas (Triton 3.9: 9.4 for sm_90a, 8.8 below),
+newer than most drivers load.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -34,21 +35,25 @@ DEFAULT_ARCH = 90
 WARP_SIZE = 32
 
 
-def compile_for_cuda(launch: Launch, arch: int = DEFAULT_ARCH) -> CompiledKernel:
+def compile_for_cuda(launch: Launch, arch: int = DEFAULT_ARCH,
+                     ptx_version: Optional[int] = None) -> CompiledKernel:
     """Compile ``launch``'s kernel for sm_<arch>, specialised as a launch with
     the same arguments on a GPU would be (pointer alignment, integers equal to 1
-    folded into constants). The tensors may live on any device; only their
+    folded into constants), in PTX ISA ``ptx_version`` (84 = 8.4; None: what
+    Triton's ptxas knows). The tensors may live on any device; only their
     dtypes, strides and addresses are read.
     """
     target = GPUTarget("cuda", arch, WARP_SIZE)
     backend = make_backend(target)
     jit = launch.kernel.jit
+    kwargs = launch.kwargs if ptx_version is None else {**launch.kwargs,
+                                                        "ptx_version": ptx_version}
     # The same binding and packing as JITFunction.run, minus the driver query
     # that would need a GPU: two internals of triton.runtime.jit, which is why
     # requirements.txt pins triton.
     binder = create_function_from_signature(jit.signature, jit.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.kwargs)
-    options, signature, constexprs, attrs = jit._pack_args(backend, launch.kwargs, bound,
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = jit._pack_args(backend, kwargs, bound,
                                                            specialization, options)
     return triton.compile(ASTSource(jit, signature, constexprs, attrs), target=target,
                           options=options.__dict__)

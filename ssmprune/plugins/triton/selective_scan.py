@@ -11,9 +11,14 @@ program keeps its state h, a (BLOCK_D, BLOCK_N) fp32 tile, in registers and
 walks the sequence in chunks of BLOCK_L tokens: the outer loop over chunks
 carries h, the inner loop is unrolled, so the loads of a whole chunk do not
 depend on h and can be issued ahead of the recurrence. Every input is read
-through its own strides and upcast to fp32; the output has u's dtype. Optional
-inputs (D, z, delta_bias, gap) are passed as None, which Triton specialises
-away at compile time.
+through its own strides and upcast to fp32; the output has u's dtype.
+
+Optional inputs (D, z, delta_bias, gap) are switched off by compile-time flags
+(HAS_D, ...), never by passing None: Triton folds a None argument into a
+constant and drops it from the compiled entry, which would shift every later
+argument of TensorRT's ahead-of-time launch (it passes all nine input pointers
+of the node). An absent input's pointer slot holds u, with zero strides, and is
+never read.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ def _selective_scan_kernel(
     so_b, so_d, so_l,
     out_ptr,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-    DELTA_SOFTPLUS: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_GAP: tl.constexpr,
 ):
     """Writes y (b d l) for the inputs of ``selective_scan``; ``s*`` are the
     strides of the tensor they name, ``N`` the state size, BLOCK_N its next
-    power of two. Absent optional inputs are None. Argument order follows
+    power of two; ``HAS_*`` say which optional inputs are present (an absent
+one's pointer is a placeholder that is never read). Argument order follows
     TensorRT's AOT launch contract: inputs, integer scalars, outputs, then
     compile-time constants.
     """
@@ -54,15 +61,15 @@ def _selective_scan_kernel(
     A = tl.load(A_ptr + offs_d[:, None] * sA_d + offs_n[None, :] * sA_n,
                 mask=mask_d[:, None] & (offs_n < N)[None, :], other=0.0).to(tl.float32)
     bias = tl.full((BLOCK_D,), 0.0, tl.float32)
-    if bias_ptr is not None:
+    if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d * sbias, mask=mask_d, other=0.0).to(tl.float32)
-    if gap_ptr is not None:
+    if HAS_GAP:
         # The step of a pruned token: softplus(delta_bias), as the reference (so
         # softplus(0) = log 2 when there is no bias but softplus is on).
         dt0 = bias
         if DELTA_SOFTPLUS:
             dt0 = tl.maximum(bias, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(bias)))
-    if D_ptr is not None:
+    if HAS_D:
         D = tl.load(D_ptr + offs_d * sD, mask=mask_d, other=0.0).to(tl.float32)
 
     u_row = u_ptr + pid_b * su_b + offs_d * su_d
@@ -92,16 +99,16 @@ def _selective_scan_kernel(
                 # tolerances; above 17 it rounds to x, as torch's threshold does.
                 dt = tl.maximum(dt, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(dt)))
             decay_dt = dt
-            if gap_ptr is not None:
+            if HAS_GAP:
                 g = tl.load(gap_ptr + pid_b * sgap_b + t * sgap_l, mask=in_l, other=0)
                 decay_dt = dt + g.to(tl.float32) * dt0
             Bt = tl.load(B_col + t * sB_l, mask=m_n, other=0.0).to(tl.float32)
             Ct = tl.load(C_col + t * sC_l, mask=m_n, other=0.0).to(tl.float32)
             h = tl.exp(decay_dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
             y = tl.reduce(h * Ct[None, :], 1, ADD)
-            if D_ptr is not None:
+            if HAS_D:
                 y += D * u
-            if z_ptr is not None:
+            if HAS_Z:
                 z = tl.load(z_ptr + pid_b * sz_b + offs_d * sz_d + t * sz_l,
                             mask=m_d, other=0.0).to(tl.float32)
                 y *= z / (1.0 + tl.exp(-z))
@@ -120,8 +127,11 @@ BLOCK_D_INTERPRETED = 64
 BLOCK_L = 8
 
 
-def _strides(t: Optional[Tensor], ndim: int) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * ndim
+def _present(t: Optional[Tensor], placeholder: Tensor, ndim: int
+             ) -> tuple[Tensor, tuple[int, ...]]:
+    """(the tensor for a pointer slot, its strides): ``t`` itself, or for an
+    absent input the placeholder with zero strides."""
+    return (t, tuple(t.stride())) if t is not None else (placeholder, (0,) * ndim)
 
 
 def selective_scan_launch(
@@ -137,20 +147,24 @@ def selective_scan_launch(
     b, d, l = u.shape
     n = A.shape[1]
     block_d = min(block_d, triton.next_power_of_2(d))
+    (D_, sD), (z_, sz), (bias_, sbias), (gap_, sgap) = (
+        _present(t, u, ndim) for t, ndim in ((D, 1), (z, 3), (delta_bias, 1), (gap, 2)))
     return Launch(
         kernel=KERNEL,
         grid=(b, triton.cdiv(d, block_d)),
         args=(
-            u, delta, A, B, C, D, z, delta_bias, gap,
+            u, delta, A, B, C, D_, z_, bias_, gap_,
             d, l,
             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(),
-            *_strides(D, 1), *_strides(z, 3), *_strides(delta_bias, 1), *_strides(gap, 2),
+            *sD, *sz, *sbias, *sgap,
             *out.stride(),
             out,
         ),
         kwargs=dict(
             N=n, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n), BLOCK_L=BLOCK_L,
-            DELTA_SOFTPLUS=bool(delta_softplus), num_warps=NUM_WARPS_CUDA, **COMPILE_OPTIONS,
+            DELTA_SOFTPLUS=bool(delta_softplus), HAS_D=D is not None, HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None, HAS_GAP=gap is not None,
+            num_warps=NUM_WARPS_CUDA, **COMPILE_OPTIONS,
         ),
     )
 
