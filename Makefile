@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_scan.py
 	$(BIN)/python benchmarks/bench_forward.py
+
+# The prepared GPU check (README, "GPU check"); without a GPU every item is skipped.
+# PYTHON_RUN=python3 runs it with another interpreter (a lent GPU machine's), no setup.
+OUT ?= out/gpu-check
+PYTHON_RUN ?= $(BIN)/python
+
+gpu-check: $(if $(filter $(BIN)/python,$(PYTHON_RUN)),setup)
+	PYTHONPATH=. $(PYTHON_RUN) benchmarks/gpu_check.py -o $(OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

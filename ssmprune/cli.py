@@ -412,10 +412,11 @@ def parity(directory, images, runtimes, engine, samples, checkpoint, batch, as_j
 
 def _register_command_modules() -> None:
     """Commands kept in their own modules join the group."""
-    from ssmprune import commands_calibrate, commands_engine
+    from ssmprune import commands_calibrate, commands_doctor, commands_engine
 
     commands_engine.register(main)
     commands_calibrate.register(main)
+    commands_doctor.register(main)
 
 
 _register_command_modules()
