@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
 from ssmprune.cli import SummaryGroup
 from ssmprune.commands_engine import register
 from ssmprune.engine import trt as trt_mod
@@ -269,12 +270,11 @@ def test_rtx_parse_error_is_one_line(tmp_path):
 @needs_rtx
 def test_rtx_builds_the_custom_op_bodies_alone(tmp_path):
     """The exporter's standard-op bodies of both ops parse and build (one node each)."""
-    np = pytest.importorskip("numpy")
-    try:
-        from ssmprune.exporter.bodies import selective_scan_function, token_gather_function
-        from ssmprune.exporter.op_models import op_model
-    except ImportError as err:
-        pytest.skip(f"exporter bodies not available: {err}")
+    import numpy as np
+
+    from ssmprune.exporter.bodies import selective_scan_function, token_gather_function
+    from ssmprune.exporter.op_models import op_model
+
     g = np.random.default_rng(0)
     b, d, l, n = 1, 32, 20, 4
     rand = lambda *s: g.standard_normal(s).astype(np.float32)  # noqa: E731
@@ -342,14 +342,6 @@ def test_build_command_bad_input_files(tmp_path, make, message):
 
 # ---- real exports (ssmprune.exporter) -----------------------------------------------------
 
-try:
-    from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
-except ImportError:  # the exporter is not in this tree
-    CASES = {}
-
-    @pytest.fixture
-    def exports():
-        pytest.skip("ssmprune.exporter is not available")
 
 
 def build_cli(directory: Path, out: Path, *args: str):

@@ -4,10 +4,10 @@ CPU (CI): each op's contract (types, formats, fields, output shapes) against
 the ONNX schema; the IPluginV3 classes built on the installed TensorRT module's
 interfaces (TensorRT-RTX here), called the way TensorRT calls them; field
 serialisation round trips through the creator; each plugin's Triton launch run
-in the interpreter against the reference op; the ahead-of-time kernels'
-PTX cut to TensorRT's launch contract and assembled by ptxas. GPU with full
-TensorRT: engines with the plugins built from small exports and compared
-with PyTorch (``needs_gpu_tensorrt``).
+in the interpreter against the reference op (the decorator form under NVIDIA's
+own ``tensorrt.plugin`` and the AOT launch contracts: test_aot_launch_contracts.py).
+GPU with full TensorRT: engines with the plugins built from small exports and
+compared with PyTorch (``needs_gpu_tensorrt``).
 """
 
 
