@@ -1,9 +1,9 @@
 """A small recorder of ONNX nodes for writing function bodies in Python.
 
-ONNX Script's ``@script`` turns a Python ``for`` loop into an ONNX ``Loop``;
-the selective scan body needs the opposite, a loop over a static chunk length
-unrolled into plain nodes. This builder is that, and nothing more: each call
-appends one node and returns the names of its outputs.
+The bodies are written node by node, with attribute references to the
+function's own attributes (``attr``) and a hand-made ``Scan`` step graph; this
+builder is that, and nothing more: each call appends one node and returns the
+names of its outputs.
 """
 
 from __future__ import annotations
