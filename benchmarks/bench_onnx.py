@@ -7,10 +7,10 @@ Prints markdown tables for benchmarks/RESULTS.md:
 1. the exports: time, file size against the fp32 weights;
 2. latency per batch: ORT dense vs ORT pruned (pruned/dense speedup) and
    ORT vs PyTorch eager on the same pruned model, same thread count;
-3. one selective scan at Vim-S sizes: the chunked ONNX body (the one the
-   exporter writes, and another chunk length) vs a per-token ONNX ``Scan``
-   body vs the PyTorch op (fused C kernel), and the floor of any standard-op
-   body: its b*l*d*n decay exponentials alone.
+3. one selective scan at Vim-S sizes: the ONNX body the exporter writes vs
+   the PyTorch op (fused C kernel), and the floor of any standard-op body: its
+   b*l*d*n decay exponentials alone (the old chunked body against the new:
+   bench_scan_body.py).
 All timings are interleaved medians (timing.py), on seeded random weights.
 """
 
@@ -31,11 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleaved, machine  # noqa: E402
 
 from ssmprune.exporter import ExportOptions, export  # noqa: E402
-from ssmprune.exporter.bodies import (  # noqa: E402
-    DEFAULT_CHUNK,
-    selective_scan_function,
-    selective_scan_loop_function,
-)
+from ssmprune.exporter.bodies import selective_scan_function  # noqa: E402
 from ssmprune.exporter.manifest import MODEL_FILE  # noqa: E402
 from ssmprune.exporter.op_models import op_model  # noqa: E402
 from ssmprune.exporter.schemas import SCAN_OUTPUTS, SELECTIVE_SCAN  # noqa: E402
@@ -48,7 +44,7 @@ D_INNER, N, L = 768, 16, 197
 
 def bench_models(args, workdir: Path) -> None:
     print(f"Model: {args.model}, dense vs {args.prune}; ONNX opset 20, plugins flavour "
-          f"(standard-op bodies), chunk {DEFAULT_CHUNK}\n")
+          "(standard-op bodies)\n")
     print("| export | batch | export s | file MB | fp32 weights MB | file/weights |")
     print("|---|---|---|---|---|---|")
     sessions = {}
@@ -115,35 +111,26 @@ def exponentials_floor_model(batch: int) -> onnx.ModelProto:
 
 
 def bench_scan(args) -> None:
-    other = 16 if DEFAULT_CHUNK != 16 else 32
-    bodies = {f"chunked T={DEFAULT_CHUNK}": functools.partial(selective_scan_function,
-                                                              chunk=DEFAULT_CHUNK),
-              f"chunked T={other}": functools.partial(selective_scan_function, chunk=other),
-              "Scan loop": selective_scan_loop_function}
     print(f"\nOne selective scan, d_inner {D_INNER}, N {N}, L {L}, fp32, softplus, z gate\n")
-    print("| batch | " + " | ".join(f"ONNX {k} ms" for k in bodies) + " | torch op (C kernel) ms "
-          f"| exponentials floor ms | Scan loop / chunked T={DEFAULT_CHUNK} "
-          "| Scan loop / floor |")
-    print("|---" * (len(bodies) + 5) + "|")
+    print("| batch | ONNX body ms | torch op (C kernel) ms | exponentials floor ms "
+          "| body / floor |")
+    print("|---|---|---|---|---|")
     for batch in args.batch:
         inputs = scan_inputs(batch)
-        candidates = {}
-        for name, body in bodies.items():
-            model = op_model(SELECTIVE_SCAN, inputs, SCAN_OUTPUTS, dict(delta_softplus=1), body)
-            session = onnxrt_session(model.SerializeToString(), args.threads)
-            candidates[name] = functools.partial(session.run, None, inputs)
+        model = op_model(SELECTIVE_SCAN, inputs, SCAN_OUTPUTS, dict(delta_softplus=1),
+                         selective_scan_function)
+        session = onnxrt_session(model.SerializeToString(), args.threads)
         floor = onnxrt_session(exponentials_floor_model(batch).SerializeToString(), args.threads)
         floor_feed = {"delta": np.ascontiguousarray(inputs["delta"].transpose(0, 2, 1)),
                       "A": inputs["A"]}
-        candidates["floor"] = functools.partial(floor.run, None, floor_feed)
         tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-        candidates["torch"] = lambda: selective_scan(**tensors, delta_softplus=True)
+        candidates = {"body": functools.partial(session.run, None, inputs),
+                      "floor": functools.partial(floor.run, None, floor_feed),
+                      "torch": lambda: selective_scan(**tensors, delta_softplus=True)}
         with torch.inference_mode():
             ms = interleaved(candidates, args.repeats)
-        print(f"| {batch} | " + " | ".join(f"{ms[k]:.1f}" for k in bodies)
-              + f" | {ms['torch']:.1f} | {ms['floor']:.1f} | "
-              f"{ms['Scan loop'] / ms[f'chunked T={DEFAULT_CHUNK}']:.2f}x | "
-              f"{ms['Scan loop'] / ms['floor']:.2f}x |")
+        print(f"| {batch} | {ms['body']:.1f} | {ms['torch']:.1f} | {ms['floor']:.1f} | "
+              f"{ms['body'] / ms['floor']:.2f}x |")
 
 
 def main() -> None:
