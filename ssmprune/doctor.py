@@ -376,7 +376,7 @@ def _cpu_scan_kernel(p: _Probe) -> Row:
 
     disabled = bool(os.environ.get("SSMPRUNE_DISABLE_CPU_KERNEL"))
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    library = cpu_kernel._library_path(compiler) if compiler else None
+    library = cpu_kernel.library_path(compiler) if compiler else None
     built = library is not None and library.exists()
     avx512 = _avx512_build(compiler) if compiler and not disabled else None
     state, text, usable = cpu_kernel_state(disabled, compiler, built, avx512)

@@ -2,10 +2,11 @@
 
 The C files have no Python or torch headers, so it compiles in about a second
 with the system C compiler and loads through ctypes; nothing needs building at
-install time. The shared library is cached per source, flags and CPU (it is
-built with -march=native), written to a temporary file and renamed into place.
-Where no compiler works the loader returns None and the op falls back to the
-pure-PyTorch chunked form.
+install time. The shared library is cached per source, flags, compiler and CPU
+(it is tuned to the CPU it runs on), written to a temporary file and renamed
+into place. Where it cannot be built or loaded, ``load`` logs one warning line
+with the reason, once per process, and returns None: the op then falls back to
+the pure-PyTorch chunked form.
 """
 
 from __future__ import annotations
@@ -13,29 +14,65 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-SOURCES = [Path(__file__).with_name("csrc") / name
-           for name in ("selective_scan.c", "selective_scan_bwd.c")]
-# 512-bit vectors: one 16-channel block is one AVX-512 register where the CPU has them.
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp",
-          "-shared", "-fPIC"]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("selective_scan.c", "selective_scan_bwd.c")]
+HEADERS = [CSRC / "scan_math.h"]  # included by both sources
+# The parts of -ffast-math the kernels need for speed and none that changes what a
+# non-finite input gives: errno-free math and no trapping let the compiler
+# vectorise the branches of softplus and the clamps; fp-contract fuses the
+# multiply-adds (GCC's default outside strict ISO C). Left out on purpose:
+# -ffinite-math-only (NaN-dropping min/max and clamps: a NaN step came out finite)
+# and -fassociative-math (the kernels' results would depend on the compiler's
+# vectorisation choices).
+MATH_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
 MAX_STATE = 64  # the C kernel's per-channel state buffer
+
+log = logging.getLogger(__name__)
+
+
+def cflags(machine: Optional[str] = None, cpu: str = "native") -> list[str]:
+    """The compiler flags of the kernel library for a CPU architecture.
+
+    ``machine`` is a ``platform.machine()`` name (default: this machine's);
+    ``cpu`` the CPU to tune for: ``native`` for a build on the machine that runs
+    it, which is what ``load`` does; a cross compiler knows no ``native`` and
+    needs a named CPU (``generic``, or ``cortex-a78ae`` for a Jetson Orin).
+
+    x86-64 gets ``-march=<cpu>`` and 512-bit vectors (one 16-channel block is
+    one AVX-512 register where the CPU has them); aarch64 gets ``-mcpu=<cpu>``
+    (GCC's form there; NEON has no vector-width option); any other machine
+    builds untuned.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        target = [f"-march={cpu}", "-mprefer-vector-width=512"]
+    elif machine in ("aarch64", "arm64"):
+        target = [f"-mcpu={cpu}"]
+    else:
+        target = []
+    return ["-O3", *target, *MATH_FLAGS, "-fopenmp", "-shared", "-fPIC"]
 
 
 def cache_dir() -> Path:
     root = os.environ.get("SSMPRUNE_CACHE") or os.environ.get("XDG_CACHE_HOME")
     return Path(root) / "ssmprune" if root else Path.home() / ".cache" / "ssmprune"
+
+
+def find_compiler() -> Optional[str]:
+    """The C compiler ``load`` uses: $CC, else cc, else gcc; None if there is none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def _cpu_signature() -> str:
@@ -47,47 +84,37 @@ def _cpu_signature() -> str:
     return platform.machine() + flags
 
 
-def _library_path(compiler: str) -> Path:
+def library_path(compiler: str) -> Path:
+    """Where the library built by ``compiler`` for this machine is cached (it may not
+    exist yet): the name changes with the sources, the flags, the compiler and the CPU."""
     key = hashlib.sha256()
-    for part in (*(src.read_bytes() for src in SOURCES), " ".join(CFLAGS).encode(),
+    for part in (*(src.read_bytes() for src in (*SOURCES, *HEADERS)), " ".join(cflags()).encode(),
                  compiler.encode(), _cpu_signature().encode()):
         key.update(part)
     return cache_dir() / f"selective_scan_{key.hexdigest()[:16]}.so"
 
 
-def _build(target: Path, compiler: str) -> None:
+def build(target: Path, compiler: str, flags: Optional[Sequence[str]] = None,
+          sources: Sequence[Path] = SOURCES) -> None:
+    """Compile ``sources`` into the shared library ``target`` (atomically: a temporary
+    file renamed into place). ``flags`` default to this machine's ``cflags()``.
+    Raises ``subprocess.CalledProcessError`` (compiler messages in ``stderr``) or OSError.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"],
-                       check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *(cflags() if flags is None else flags), *map(str, sources),
+                        "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-@functools.cache
-def load() -> Optional[ctypes.CDLL]:
-    """The compiled kernel library, building it if needed; None if impossible."""
-    if os.environ.get("SSMPRUNE_DISABLE_CPU_KERNEL"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        warnings.warn("ssmprune: no C compiler found; the selective scan uses the slower "
-                      "pure-PyTorch form", RuntimeWarning, stacklevel=2)
-        return None
-    path = _library_path(compiler)
-    try:
-        if not path.exists():
-            _build(path, compiler)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        warnings.warn(f"ssmprune: could not build the CPU scan kernel ({detail.strip()[:200]}); "
-                      "using the slower pure-PyTorch form", RuntimeWarning, stacklevel=2)
-        return None
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the argument types of the library's two entry points; returns ``lib``.
+    Raises AttributeError if one is missing."""
     fn = lib.ssmprune_selective_scan_f32
     fn.restype = None
     fn.argtypes = ([ctypes.c_void_p] * 10 + [ctypes.c_int64] * 4
@@ -98,9 +125,61 @@ def load() -> Optional[ctypes.CDLL]:
     return lib
 
 
+def _one_line(err: BaseException) -> str:
+    """The reason a build or load failed, as one short line: the compiler's first
+    error line where there is one, else the exception's text."""
+    text = getattr(err, "stderr", None) or str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
+    line = " ".join(line.split()) or type(err).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _fall_back(reason: str) -> None:
+    # A log record, not warnings.warn: the default warnings display adds the calling
+    # source line, a second line; logging's fallback handler prints the message alone.
+    log.warning("ssmprune: the fused CPU scan kernel is not used (%s); the selective scan "
+                "runs the slower pure-PyTorch form", reason)
+
+
+@functools.cache
+def load() -> Optional[ctypes.CDLL]:
+    """The compiled kernel library, building it if needed; None if impossible.
+
+    Cached: a failure is reported once per process, as one warning line (logger
+    ``ssmprune.ops.cpu_kernel``) that says why. SSMPRUNE_DISABLE_CPU_KERNEL=1
+    turns the kernel off without a warning.
+    """
+    if os.environ.get("SSMPRUNE_DISABLE_CPU_KERNEL"):
+        return None
+    compiler = find_compiler()
+    if compiler is None:
+        _fall_back("no C compiler: set CC or install gcc")
+        return None
+    try:
+        path = library_path(compiler)  # reads the sources: a broken install fails here
+        if not path.exists():
+            build(path, compiler)
+        return bind(ctypes.CDLL(str(path)))
+    except (OSError, AttributeError, subprocess.CalledProcessError) as err:
+        _fall_back(f"could not build or load it with {compiler}: {_one_line(err)}")
+        return None
+
+
 def supports(u: Tensor, A: Tensor) -> bool:
     """Whether the fused kernel can run these inputs (CPU tensors, small state)."""
     return u.device.type == "cpu" and A.shape[-1] <= MAX_STATE and load() is not None
+
+
+def _kernel(u: Tensor, A: Tensor, lib: Optional[ctypes.CDLL]) -> ctypes.CDLL:
+    """``lib``, or the loaded kernel, for inputs it can run; RuntimeError otherwise."""
+    if u.device.type != "cpu" or A.shape[-1] > MAX_STATE:
+        raise RuntimeError(f"the fused CPU scan kernel runs CPU tensors with at most "
+                           f"{MAX_STATE} states, not {u.device} with {A.shape[-1]}")
+    lib = lib if lib is not None else load()
+    if lib is None:
+        raise RuntimeError("the fused CPU scan kernel is not available here")
+    return lib
 
 
 def _ptr(t: Optional[Tensor]) -> Optional[int]:
@@ -108,16 +187,16 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 
 def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None,
-                         delta_softplus=False) -> Tensor:
+                         delta_softplus=False, *, lib: Optional[ctypes.CDLL] = None) -> Tensor:
     """The scan through the C kernel; same contract as ``selective_scan_ref``.
 
     u, delta, z: (b d l); A: (d n); B, C: (b n l); D, delta_bias: (d);
     gap: (b l) int. Returns (b d l) in u's dtype. fp32 inputs of any strides
     are read in place; channel-last ones (transposed (b l d)) read fastest.
+    ``lib``: another build of the kernel (``bind``-ed), to compare builds;
+    default the one ``load`` gives.
     """
-    if not supports(u, A):
-        raise RuntimeError("the fused CPU scan kernel is not available here")
-    lib = load()
+    lib = _kernel(u, A, lib)
     b, d, l = u.shape
     n = A.shape[1]
 
@@ -145,16 +224,15 @@ BLOCK = 16  # channels per task in the C kernels
 
 
 def selective_scan_fused_backward(grad_out, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                                  gap=None, delta_softplus=False):
+                                  gap=None, delta_softplus=False, *,
+                                  lib: Optional[ctypes.CDLL] = None):
     """Gradients of the scan through the C backward kernel.
 
     Same inputs as ``selective_scan_fused`` plus grad_out (b d l). Returns the
     gradients of (u, delta, A, B, C, D, z, delta_bias), each fp32 with its
     input's shape (None for an input that is None).
     """
-    if not supports(u, A):
-        raise RuntimeError("the fused CPU scan kernel is not available here")
-    lib = load()
+    lib = _kernel(u, A, lib)
     b, d, l = u.shape
     n = A.shape[1]
     nblocks = -(-d // BLOCK)

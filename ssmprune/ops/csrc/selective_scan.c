@@ -22,78 +22,25 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "scan_math.h"
+
 #define BLOCK 16
 #define TILE 64
 #define MAX_STATE 64
-#define LOG2E 1.44269504088896341f
-
-/* 2^f on f in [-0.5, 0.5], degree 5, highest coefficient first (shared by the
- * scalar and the AVX-512 exp2). */
-#define EXP2_C5 1.29157e-3f
-#define EXP2_C4 9.66853e-3f
-#define EXP2_C3 5.551689e-2f
-#define EXP2_C2 2.4022265e-1f
-#define EXP2_C1 6.9314647e-1f
-#define EXP2_C0 1.00000004f
-
-/* 2^x as 2^n * 2^f with a degree-5 polynomial on f in [-0.5, 0.5]: relative
- * error below 4e-7, inlined so the compiler vectorises it. */
-static inline float exp2_approx(float v)
-{
-    v = v < -126.0f ? -126.0f : (v > 126.0f ? 126.0f : v);
-    const float n = __builtin_roundf(v);
-    const float f = v - n;
-    float p = EXP2_C5;
-    p = p * f + EXP2_C4;
-    p = p * f + EXP2_C3;
-    p = p * f + EXP2_C2;
-    p = p * f + EXP2_C1;
-    p = p * f + EXP2_C0;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-static inline float exp_approx(float x)
-{
-    return exp2_approx(x * LOG2E);
-}
-
-/* log1p(y) for y in [0, 1] as 2 atanh(s), s = y / (2 + y) <= 1/3: the odd
- * series to s^15 is accurate to about 1e-8, and inlines and vectorises. */
-static inline float log1p_unit(float y)
-{
-    const float s = y / (2.0f + y), s2 = s * s;
-    float p = 1.0f / 15.0f;
-    p = p * s2 + 1.0f / 13.0f;
-    p = p * s2 + 1.0f / 11.0f;
-    p = p * s2 + 1.0f / 9.0f;
-    p = p * s2 + 1.0f / 7.0f;
-    p = p * s2 + 1.0f / 5.0f;
-    p = p * s2 + 1.0f / 3.0f;
-    p = p * s2 + 1.0f;
-    return 2.0f * s * p;
-}
-
-/* torch.nn.functional.softplus (threshold 20) as max(x, 0) + log1p(exp(-|x|)),
- * which never overflows. */
-static inline float softplus(float x)
-{
-    if (x > 20.0f)
-        return x;
-    return (x > 0.0f ? x : 0.0f) + log1p_unit(exp_approx(-fabsf(x)));
-}
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
 /* exp2_approx on 16 lanes with AVX-512's round-to-integer and scalef: scalef
  * applies 2^n over the whole exponent range itself, which saves the clamping
- * and the bit assembly (a third of the state update). */
+ * and the bit assembly (a third of the state update). The one clamp, from
+ * below, keeps a NaN: vmaxps returns its second operand when either is NaN,
+ * so v goes second (an order the compiler keeps without -ffinite-math-only).
+ * +inf gives NaN (f = inf - inf), not inf: an infinite exponent comes only
+ * from infinite inputs, whose outputs are non-finite either way. */
 static inline __m512 exp2_16(__m512 v)
 {
-    v = _mm512_max_ps(v, _mm512_set1_ps(-150.0f));
+    v = _mm512_max_ps(_mm512_set1_ps(-150.0f), v);
     const __m512 n = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(v, n);
     __m512 p = _mm512_set1_ps(EXP2_C5);
@@ -168,6 +115,57 @@ static inline void store_tile(float *dst, struct strides s, int64_t b, int64_t d
     }
 }
 
+/* The state recurrence over `count` tokens in portable C, vectorised across
+ * the block's channels: h[k] = exp2(decay * a2[k]) * h[k] + x * B[k],
+ * acc = sum_k h[k] * C[k]. `nonpos` (a constant at each call) says every
+ * exponent decay * a2[k] is <= 0 or NaN, so exp2 needs no upper clamp. */
+static inline __attribute__((always_inline)) void states(
+    float h[][BLOCK], float a2[][BLOCK], float decay[][BLOCK], float x[][BLOCK],
+    const float *B, const float *C, int64_t stride, int count, const int width,
+    const int64_t nstate, const int nonpos, float out[][BLOCK])
+{
+    for (int i = 0; i < count; ++i) {
+        float acc[BLOCK] = {0};
+        for (int64_t k = 0; k < nstate; ++k) {
+            const float bk = B[k * stride + i], ck = C[k * stride + i];
+            #pragma omp simd
+            for (int j = 0; j < width; ++j) {
+                const float v = decay[i][j] * a2[k][j];
+                const float e = nonpos ? exp2_nonpos(v) : exp2_approx(v);
+                const float hv = e * h[k][j] + x[i][j] * bk;
+                h[k][j] = hv;
+                acc[j] += hv * ck;
+            }
+        }
+        for (int j = 0; j < width; ++j)
+            out[i][j] = acc[j];
+    }
+}
+
+/* The recurrence of one tile: the AVX-512 form for a full block of 16 states
+ * where there is one, else the portable one, without exp2's upper clamp when
+ * every A is <= 0 (`a_nonpos`) and every decay step of the tile >= 0. */
+static inline __attribute__((always_inline)) void recurrence(
+    float h[][BLOCK], float a2[][BLOCK], const int a_nonpos, float decay[][BLOCK],
+    float x[][BLOCK], const float *B, const float *C, int64_t stride, int count,
+    const int width, const int64_t nstate, float out[][BLOCK])
+{
+#if defined(__AVX512F__)
+    if (width == BLOCK && nstate == 16) {
+        states16(h, a2, decay, x, B, C, stride, count, out);
+        return;
+    }
+#endif
+    int steps_nonneg = 1; /* false for a NaN step */
+    for (int i = 0; i < count; ++i)
+        for (int j = 0; j < width; ++j)
+            steps_nonneg &= decay[i][j] >= 0.0f;
+    if (a_nonpos && steps_nonneg) /* always so with softplus and A = -exp(A_log) */
+        states(h, a2, decay, x, B, C, stride, count, width, nstate, 1, out);
+    else
+        states(h, a2, decay, x, B, C, stride, count, width, nstate, 0, out);
+}
+
 static inline __attribute__((always_inline)) void scan_block(const struct scan_args *a, int64_t b, int64_t d0,
                               const int width, const int64_t nstate)
 {
@@ -184,10 +182,12 @@ static inline __attribute__((always_inline)) void scan_block(const struct scan_a
         skip[j] = a->D ? a->D[d0 + j] : 0.0f;
     }
     /* A in base 2, so each state decay is one exp2 */
+    int a_nonpos = 1; /* every A <= 0 (false for a NaN) */
     for (int64_t k = 0; k < nstate; ++k)
         for (int j = 0; j < width; ++j) {
             h[k][j] = 0.0f;
             a2[k][j] = a->A_t[k * a->dim + d0 + j] * LOG2E;
+            a_nonpos &= a2[k][j] <= 0.0f;
         }
 
     for (int64_t t0 = 0; t0 < len; t0 += TILE) {
@@ -207,25 +207,7 @@ static inline __attribute__((always_inline)) void scan_block(const struct scan_a
             }
         }
         const float *Bt = a->B + b * nstate * len + t0, *Ct = a->C + b * nstate * len + t0;
-#if defined(__AVX512F__)
-        if (width == BLOCK && nstate == 16)
-            states16(h, a2, tdt, tu_dt, Bt, Ct, len, count, ty);
-        else
-#endif
-        for (int i = 0; i < count; ++i) {
-            float acc[BLOCK] = {0};
-            for (int64_t k = 0; k < nstate; ++k) {
-                const float bk = Bt[k * len + i], ck = Ct[k * len + i];
-                #pragma omp simd
-                for (int j = 0; j < width; ++j) {
-                    const float hv = exp2_approx(tdt[i][j] * a2[k][j]) * h[k][j] + tu_dt[i][j] * bk;
-                    h[k][j] = hv;
-                    acc[j] += hv * ck;
-                }
-            }
-            for (int j = 0; j < width; ++j)
-                ty[i][j] = acc[j];
-        }
+        recurrence(h, a2, a_nonpos, tdt, tu_dt, Bt, Ct, len, count, width, nstate, ty);
         for (int i = 0; i < count; ++i) {
             #pragma omp simd
             for (int j = 0; j < width; ++j) {

@@ -6,7 +6,9 @@
  *   ga_t   = gh_t * h_{t-1}, a_t = exp(dec_t * A)     -> gdec_t, gA
  *   gx_t   = sum_n gh_t B_t, gB_t += gh_t * x_t,  gC_t += gy0_t * h_t
  * then through x = dt * u, dec = dt + gap * dt0, dt = softplus(delta + bias),
- * the D skip and the silu(z) gate.
+ * the D skip and the silu(z) gate. exp, softplus and sigmoid are the
+ * forward's inlined approximations (scan_math.h), so the recomputed states are
+ * the forward's and every loop over a block's channels vectorises.
  *
  * All (b d l) tensors are contiguous fp32. Gradients of the shared inputs are
  * written as per-task partial sums that the caller adds up, so no two threads
@@ -19,17 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "scan_math.h"
+
 #define BLOCK 16
-
-static inline float sigmoid(float x)
-{
-    return 1.0f / (1.0f + expf(-x));
-}
-
-static inline float softplus(float x)
-{
-    return x > 20.0f ? x : log1pf(expf(x));
-}
 
 struct bwd_args {
     const float *u, *delta, *A_t, *B, *C, *D, *z, *delta_bias, *gap, *gy;
@@ -77,7 +71,7 @@ static int block_bwd(const struct bwd_args *a, int64_t b, int64_t blk, int width
             for (int j = 0; j < width; ++j) {
                 const float x = dts[t * BLOCK + j] * a->u[row0 + j * len + t];
                 const float prev = hp ? hp[j] : 0.0f;
-                hk[j] = expf(decs[t * BLOCK + j] * ak[j]) * prev + x * bk;
+                hk[j] = exp_approx(decs[t * BLOCK + j] * ak[j]) * prev + x * bk;
             }
         }
     }
@@ -112,9 +106,12 @@ static int block_bwd(const struct bwd_args *a, int64_t b, int64_t blk, int width
             const float *hp = t ? hist + ((t - 1) * n + k) * BLOCK : NULL;
             float *ghk = gh + k * BLOCK, *gAk = gA + k * BLOCK;
             float sum_b = 0.0f, sum_c = 0.0f;
+            /* The two sums over the block's channels may be reordered (OpenMP's
+             * reduction): that is all it takes to vectorise the loop. */
+            #pragma omp simd reduction(+ : sum_b, sum_c)
             for (int j = 0; j < width; ++j) {
                 const float grad = ghk[j] + ck * gy0[j];
-                const float decay = expf(decs[t * BLOCK + j] * ak[j]);
+                const float decay = exp_approx(decs[t * BLOCK + j] * ak[j]);
                 const float ga = grad * (hp ? hp[j] : 0.0f) * decay;
                 gdec[j] += ga * ak[j];
                 gAk[j] += ga * decs[t * BLOCK + j];
