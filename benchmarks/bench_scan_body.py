@@ -10,7 +10,8 @@ the old one):
 1. nodes in one SelectiveScan body, its step graph included;
 2. ONNX Runtime (CPU) on MODEL pruned: session creation and latency per batch;
 3. TensorRT-RTX build (CPU, for sm_86) of TRT_MODEL pruned at 224 px with
-   ``--no-plugins``, i.e. the custom nodes lowered to either body.
+   ``--no-plugins``, i.e. the custom nodes lowered to either body;
+4. causality: a NaN in u at token 40 of 70, and how many earlier outputs it reaches.
 Timings are interleaved medians (timing.py), on seeded random weights.
 """
 
@@ -64,6 +65,28 @@ def bench_nodes() -> dict[str, int]:
         print(f"| {name} | {n} |")
     print(f"\nold/new: {old / new:.1f}x fewer nodes\n")
     return counts
+
+
+def check_causality() -> None:
+    from ssmprune.exporter.op_models import op_model, run_op_model
+
+    rng = np.random.default_rng(0)
+    b, d, length, n, t = 1, 4, 70, 8, 40
+
+    def f(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    clean = dict(u=f(b, d, length), delta=f(b, d, length), A=-np.exp(f(d, n)),
+                 B=f(b, n, length), C=f(b, n, length), D=f(d), z=f(b, d, length),
+                 delta_bias=f(d), gap=np.zeros((b, length), np.int64))
+    poisoned = {k: v.copy() for k, v in clean.items()}
+    poisoned["u"][0, 0, t] = np.nan
+    print(f"\n| body | outputs before token {t} made NaN by a NaN in u at token {t} |\n|---|---|")
+    for name, body in BODIES.items():
+        model = op_model(SELECTIVE_SCAN, clean, ["y"], dict(delta_softplus=1, has_z=1), body)
+        y = run_op_model(model, poisoned)[0]
+        print(f"| {name} | {int(np.isnan(y[0, 0, :t]).sum())} of {t} |")
+    print()
 
 
 def bench_onnxrt(args, workdir: Path) -> None:
@@ -135,6 +158,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}\n")
     bench_nodes()
+    check_causality()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_ort:
             bench_onnxrt(args, Path(tmp))

@@ -6,24 +6,30 @@ when no plugin is registered under that name. Each function is shape-generic
 (one function serves every node, whatever its sequence length) and uses only
 standard ops of the model's opset (18 or later).
 
-The selective scan body is a per-token ``Scan`` over tensors computed ahead
-of it in a few large ops, in token-major layout (l b d n):
+The selective scan body is a per-token ``Scan`` whose decays are computed
+ahead of it, in token-major layout:
 
-* exp(delta_t A) and delta_t B_t u_t for every token at once (one broadcast
-  ``Mul`` and ``Exp``; one ``Einsum``), so a step is only
-  ``h = exp(delta A)_t * h + (delta B u)_t`` and ``y_t = C_t . h``: three
-  small nodes, each over (b d n);
+* exp(delta_t A) for every token at once, (l b d n), in one broadcast ``Mul``
+  and ``Exp`` (vectorised, the bulk of the arithmetic);
+* the step is ``h = exp(delta A)_t * h + (delta u)_t B_t`` and
+  ``y_t = C_t . h``: four small nodes over (b d n). Forming delta B u per step
+  rather than for all tokens ahead is faster in ONNX Runtime: an (l b d n)
+  ``Einsum`` costs more than the step's broadcast ``Mul``;
 * everything else (softplus, the gap of pruned tokens, D, the silu(z) gate,
   the casts) is one elementwise pass over (b d l) before or after.
 
-40 nodes in all, the step's included, against 404 for the chunked form with
-an unrolled recurrence that this replaced (benchmarks/RESULTS.md, "ONNX scan
-body"): a TensorRT build and an ONNX Runtime session pay for every node, 48
-times in Vim-S, while the Scan runs as fast in ONNX Runtime (its loop
-dispatch is cheap next to the (b d n) work of a step). It is also the
+43 nodes in all, the step's included, against 404 for the chunked form with
+an unrolled recurrence that this replaced, and as fast or faster in ONNX
+Runtime (benchmarks/RESULTS.md, "ONNX scan body"): a TensorRT build and an
+ONNX Runtime session pay for every node, 48 times in Vim-S. It is also the
 oracle's own recurrence, so a non-finite value at token t reaches no output
 before t. On a GPU the plugins are the fast path; TensorRT runs the Scan as a
 loop.
+
+TensorRT-RTX 1.7 (Myelin) mis-shapes an ``Einsum`` on a two-dimensional step
+slice inside a loop in fp16 engines ("Mismatched number of elements in
+reshape op", "permutation size differs"): the step's operands therefore come
+with explicit unit axes, (b d 1) x (b 1 n) and (b d n) . (b n 1).
 
 Dimension glossary: b batch, d d_inner, l tokens, n d_state, m tokens before a
 gather, k' tokens after it.
@@ -51,10 +57,10 @@ FLOAT = TensorProto.FLOAT
 
 def selective_scan_function(opset: int) -> FunctionProto:
     """The body of ``ssmprune::SelectiveScan``: a per-token ``Scan`` over precomputed
-    decays and inputs (module docstring)."""
+    decays (module docstring)."""
     f = FunctionBuilder(DOMAIN, SELECTIVE_SCAN, SCAN_INPUTS, SCAN_ATTRIBUTES, opset,
                         doc="Selective scan: a per-token Scan over the precomputed "
-                            "exp(delta A) and delta B u.")
+                            "exp(delta A).")
     # u, delta and z (b d l) in one cast and one transpose to token-major (l b d),
     # where delta_bias and D (d) broadcast as they are.
     uz = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", "z", axis=0), to=FLOAT),
@@ -66,24 +72,25 @@ def selective_scan_function(opset: int) -> FunctionProto:
     dt0 = f.op("Where", softplus, f.op("Softplus", "delta_bias"), "delta_bias")  # pruned token
     decay = f.op("Add", dt, f.op("Einsum", f.op("Cast", "gap", to=FLOAT), dt0,
                                  equation="bl,d->lbd"))
-    # (l b d n) both: a broadcast Mul makes exp(delta A) about 2.5x faster than an Einsum
-    # in ONNX Runtime; for delta B u the Einsum costs little and saves five nodes.
+    # exp(delta A) for every token at once, (l b d n): one broadcast Mul and Exp.
     last = f.ints(3)
     dA = f.op("Exp", f.op("Mul", f.op("Unsqueeze", decay, last), "A"))
-    xB = f.op("Einsum", f.op("Mul", dt, u), f.op("Cast", "B", to=FLOAT), equation="lbd,bnl->lbdn")
-    h0 = f.op("ConstantOfShape", f.op("Shape", xB, start=1))  # zeros (b d n)
+    B = f.op("Transpose", f.op("Unsqueeze", f.op("Cast", "B", to=FLOAT), last),
+             perm=[2, 0, 3, 1])  # (l b 1 n)
+    # The step's operands with unit axes (module docstring: TensorRT-RTX and fp16).
+    C = f.op("Unsqueeze", f.op("Transpose", f.op("Cast", "C", to=FLOAT), perm=[2, 0, 1]), last)
+    h0 = f.op("ConstantOfShape", f.op("Shape", dA, start=1))  # zeros (b d n)
     step = helper.make_graph(
         [helper.make_node("Mul", ["dA_t", "h"], ["decayed"]),
+         helper.make_node("Mul", ["x_t", "B_t"], ["xB_t"]),
          helper.make_node("Add", ["decayed", "xB_t"], ["h_next"]),
          helper.make_node("Einsum", ["h_next", "C_t"], ["y_t"], equation="bdn,bnk->bd")],
         "selective_scan_step",
-        [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h", "dA_t", "xB_t", "C_t")],
+        [helper.make_tensor_value_info(n, FLOAT, None)
+         for n in ("h", "dA_t", "x_t", "B_t", "C_t")],
         [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h_next", "y_t")])
-    # C as (l b n 1), summed with its unit axis in the step: with C_t (b n), TensorRT-RTX
-    # 1.7 fails to build fp16 engines ("Mismatched number of elements in reshape op": it
-    # reshapes the whole (l b n) to one step's shape).
-    C = f.op("Unsqueeze", f.op("Transpose", f.op("Cast", "C", to=FLOAT), perm=[2, 0, 1]), last)
-    _, y = f.op("Scan", h0, dA, xB, C, outputs=2, body=step, num_scan_inputs=3)
+    x = f.op("Unsqueeze", f.op("Mul", dt, u), last)  # (l b d 1)
+    _, y = f.op("Scan", h0, dA, x, B, C, outputs=2, body=step, num_scan_inputs=4)  # (l b d)
     y = f.op("Add", y, f.op("Mul", "D", u))
     gated = f.op("Mul", y, f.op("Mul", z, f.op("Sigmoid", z)))
     y = f.op("Where", f.op("Cast", f.attr("has_z"), to=TensorProto.BOOL), gated, y)
