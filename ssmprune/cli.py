@@ -14,7 +14,8 @@ import time
 
 import click
 
-from ssmprune.errors import SsmpruneError
+from ssmprune import limits
+from ssmprune.errors import ConfigError, SsmpruneError
 
 USER_ERROR_EXIT = 2
 
@@ -58,6 +59,18 @@ def _overrides(img_size):
     return {} if img_size is None else {"img_size": img_size}
 
 
+def img_size_option(fn):
+    """--img-size, bounded while parsing (ssmprune.limits.IMG_SIZE)."""
+    return click.option("--img-size", type=int, default=None, callback=limits.IMG_SIZE.callback,
+                        help="Input resolution (default: the model's).")(fn)
+
+
+def seed_option(fn):
+    """--seed of the random weights, bounded while parsing (ssmprune.limits.SEED)."""
+    return click.option("--seed", type=int, default=0, show_default=True,
+                        callback=limits.SEED.callback, help="Seed of the random weights.")(fn)
+
+
 def prune_options(fn):
     """--prune PRESET, or --keep-ratio R --prune-after B,B [--importance] [--alignment]."""
     options = [
@@ -79,7 +92,6 @@ def prune_options(fn):
 
 def _prune_config(preset, keep_ratio, prune_after, importance, alignment):
     """The PruneConfig or preset name the options ask for, or None for dense."""
-    from ssmprune.errors import ConfigError
     from ssmprune.pruning import PruneConfig
 
     custom = keep_ratio is not None or prune_after is not None
@@ -102,8 +114,8 @@ def _prune_config(preset, keep_ratio, prune_after, importance, alignment):
     if keep_ratio is None or prune_after is None:
         raise ConfigError("--keep-ratio and --prune-after go together")
     try:
-        ratios = tuple(float(r) for r in keep_ratio.split(","))
-        blocks = tuple(int(b) for b in prune_after.split(","))
+        ratios = tuple(float(r) for r in limits.check_list("--keep-ratio", keep_ratio.split(",")))
+        blocks = tuple(int(b) for b in limits.check_list("--prune-after", prune_after.split(",")))
     except ValueError:
         raise ConfigError(f"bad --keep-ratio {keep_ratio!r} or --prune-after {prune_after!r}: "
                           "use comma-separated numbers") from None
@@ -117,8 +129,8 @@ def _prune_arg(preset, keep_ratio, prune_after, importance, alignment):
 
 
 @main.command()
-@click.argument("model", required=False)
-@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@click.argument("model", required=False, callback=limits.not_empty)
+@img_size_option
 @prune_options
 @click.option("--presets", "list_presets", is_flag=True, help="List the pruning presets.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (a list without MODEL).")
@@ -130,7 +142,6 @@ def info(model, img_size, preset, keep_ratio, prune_after, importance, alignment
     Vim counts one scan direction, PlainMamba all four). With a pruning
     option the tokens and FLOPs are those of the pruned model.
     """
-    from ssmprune.errors import ConfigError
     from ssmprune.models import create_model, model_names
     from ssmprune.models.summary import compress_runs, describe
 
@@ -144,7 +155,7 @@ def info(model, img_size, preset, keep_ratio, prune_after, importance, alignment
     prune = _prune_arg(preset, keep_ratio, prune_after, importance, alignment)
     if prune is not None and not model:
         raise ConfigError("pruning options need a MODEL")
-    names = [model] if model else model_names()
+    names = [model] if model is not None else model_names()
     infos = [describe(create_model(n, prune=prune, **_overrides(img_size))) for n in names]
     if as_json:
         click.echo(json.dumps(infos[0] if model else infos, indent=2))
@@ -174,14 +185,15 @@ MODEL_ONLY_OPTIONS = ("checkpoint", "seed", "img_size", "preset", "keep_ratio", 
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", callback=limits.not_empty)
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Official checkpoint (.pth/.safetensors); default: seeded random weights.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@seed_option
+@img_size_option
 @click.option("--no-resize", is_flag=True, help="Require images already at the model's size.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs after warm-up.")
+@click.option("--repeats", type=int, default=3, show_default=True,
+              callback=limits.REPEATS.callback, help="Timed runs after warm-up.")
 @prune_options
 @click.pass_context
 def run(ctx, model, images, checkpoint, seed, img_size, no_resize, repeats, preset, keep_ratio,
@@ -199,14 +211,13 @@ def run(ctx, model, images, checkpoint, seed, img_size, no_resize, repeats, pres
     """
     from ssmprune.predict import names_a_file
 
+    limits.check_image_count(len(images))
     if names_a_file(model):
         from click.core import ParameterSource
 
         given = [p.opts[0] for p in ctx.command.params if p.name in MODEL_ONLY_OPTIONS
                  and ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT]
         if given:
-            from ssmprune.errors import ConfigError
-
             raise ConfigError(f"{', '.join(given)} build a model by name; {model} is an exported "
                               "file whose weights, size and pruning are fixed: drop them, or "
                               "export again with them")
@@ -279,13 +290,13 @@ def _run_file(path, images, no_resize, repeats) -> None:
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", callback=limits.not_empty)
 @click.argument("image", type=click.Path(), required=False)
 @prune_options
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Official checkpoint (.pth/.safetensors); default: seeded random weights.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@seed_option
+@img_size_option
 @click.option("-o", "--output", type=click.Path(), default="pruning.png", show_default=True,
               help="PNG to write.")
 def visualize(model, image, preset, keep_ratio, prune_after, importance, alignment, checkpoint,
@@ -315,15 +326,16 @@ def _megabytes(n: int) -> str:
 
 
 @main.command("export")
-@click.argument("model")
+@click.argument("model", callback=limits.not_empty)
 @click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
               help="Directory to write model.onnx and manifest.json into.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="Official checkpoint (.pth/.safetensors); default: seeded random weights.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--img-size", type=int, default=None, help="Input resolution (default: the model's).")
+@seed_option
+@img_size_option
 @prune_options
-@click.option("--batch", type=int, default=1, show_default=True, help="Static batch size.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              callback=limits.BATCH.callback, help="Static batch size.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Precision of the graph (fp16: fp16 weights and activations, fp32 input and logits).")
 @click.option("--flavor", type=click.Choice(["plugins", "standard"]), default="plugins",
@@ -363,18 +375,20 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
 
 
 @main.command()
-@click.argument("directory", type=click.Path())
+@click.argument("directory", type=click.Path(), callback=limits.not_empty)
 @click.option("--images", multiple=True, type=click.Path(),
-              help="Image file or directory, repeatable; default: scikit-image's sample photos.")
+              help="Image file or directory (its subfolders too, as `calibrate --data`), "
+                   "repeatable; default: scikit-image's sample photos.")
 @click.option("--runtimes", default="torch,onnxrt", show_default=True,
               help="Comma-separated runtimes (torch, onnxrt, trt); the first is the reference.")
 @click.option("--engine", type=click.Path(), default=None,
               help="TensorRT engine built from DIRECTORY by `ssmprune build`, for the trt runtime.")
 @click.option("--samples", type=int, default=16, show_default=True,
+              callback=limits.SAMPLES.callback,
               help="Inputs to compare: photos and seeded random images.")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="The export's checkpoint, if it moved (same sha256 required).")
-@click.option("--batch", type=int, default=None,
+@click.option("--batch", type=int, default=None, callback=limits.BATCH.callback,
               help="Batch to run; must be the one DIRECTORY was exported for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def parity(directory, images, runtimes, engine, samples, checkpoint, batch, as_json):
@@ -386,11 +400,14 @@ def parity(directory, images, runtimes, engine, samples, checkpoint, batch, as_j
     when a tolerance of the precision's table is exceeded. The trt runtime
     runs --engine (needs an NVIDIA GPU) and is judged by the engine's precision.
     """
+    from ssmprune.images import expand_image_paths
     from ssmprune.parity.compare import run_parity
     from ssmprune.parity.tolerances import ToleranceError
 
     names = tuple(r.strip() for r in runtimes.split(",") if r.strip())
-    report = run_parity(directory, images, names, samples, checkpoint, batch, engine=engine)
+    # Folders walked here, by the rule `calibrate --data` follows (ssmprune.images.image_files).
+    files = expand_image_paths(images)
+    report = run_parity(directory, files, names, samples, checkpoint, batch, engine=engine)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

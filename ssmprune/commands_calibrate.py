@@ -12,6 +12,8 @@ from typing import Iterator
 
 import click
 
+from ssmprune import limits
+
 DIGITS_HOLDOUT = "digits:held_out"
 PHOTOS_HOLDOUT = "skimage"
 
@@ -37,9 +39,10 @@ def _default_holdout(model: str, data: str) -> str:
 
 
 @click.command("calibrate")
-@click.argument("directory", type=click.Path())
+@click.argument("directory", type=click.Path(), callback=limits.not_empty)
 @click.option("--data", "data_spec", required=True,
-              help="Calibration set: a folder of images, an .npz keyed by input name, "
+              help="Calibration set: a folder of images (its subfolders too, as `parity "
+                   "--images`), an .npz keyed by input name, "
                    "'digits[:held_out|:train]' or 'skimage' (photos + random crops).")
 @click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
               help="Directory to write the Q/DQ model.onnx and manifest.json into.")
@@ -51,14 +54,14 @@ def _default_holdout(model: str, data: str) -> str:
               show_default=True,
               help="Q/DQ type: symmetric int8, or fp8 E4M3FN (TensorRT on sm_89 and newer).")
 @click.option("--samples", type=int, default=128, show_default=True,
-              help="Calibration inputs to use at most.")
+              callback=limits.SAMPLES.callback, help="Calibration inputs to use at most.")
 @click.option("--holdout", default=None,
               help="Held-out set for the report (same forms as --data, or 'none'); default: "
                    "digits:held_out for the digits models, else scikit-image crops of another "
                    "seed.")
 @click.option("--holdout-samples", type=int, default=64, show_default=True,
-              help="Held-out inputs to use at most.")
-@click.option("--seed", type=int, default=0, show_default=True,
+              callback=limits.SAMPLES.callback, help="Held-out inputs to use at most.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=limits.SEED.callback,
               help="Seed of the random crops of 'skimage' (the held-out crops use seed + 1).")
 @click.option("--no-resize", is_flag=True,
               help="Images must already be the model's size (no resize / crop).")
@@ -95,10 +98,11 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
     options = CalibrateOptions(method, precision, samples,
                                protect_selection=selection == "fp32")
     options.validate()
-    if holdout_samples < 1:
-        raise ConfigError(f"--holdout-samples must be at least 1, got {holdout_samples}")
     _, manifest = read_export(directory)
     input_name = manifest.input["name"]
+    c, size = manifest.config["in_chans"], manifest.config["img_size"]
+    limits.check_input_bytes("inputs (--samples)", samples, c, size)
+    limits.check_input_bytes("inputs (--holdout-samples)", holdout_samples, c, size)
     data = data_from_spec(data_spec, manifest.config, input_name, not no_resize, seed,
                           count=samples)
     holdout = holdout or _default_holdout(manifest.model, data_spec)

@@ -120,3 +120,24 @@ def test_non_image_file(tmp_path):
 def test_missing_image_file(tmp_path):
     result, _, err = invoke("run", "vim_t", str(tmp_path / "nope.jpg"), *SMALL_VIM)
     assert_one_line_error(result, err, "does not exist")
+
+
+@pytest.mark.parametrize("args", [["info", ""], ["info", " "], ["run", ""],
+                                  ["visualize", ""], ["parity", ""]])
+def test_empty_model_or_directory_is_one_line(args):
+    """`info ''` printed the whole table and passed; '' as a path is the current folder."""
+    result, out, err = invoke(*args)
+    assert_one_line_error(result, err, "is empty ('")
+    assert "vim_t" not in out
+
+
+def test_huge_img_size_is_one_line_before_any_model(monkeypatch):
+    """The issue's case (11.6 GB before the OOM killer): refused while parsing."""
+    import ssmprune.models
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(ssmprune.models, "create_model", built)
+    result, _, err = invoke("info", "plainmamba_digits", "--img-size", "160000")
+    assert_one_line_error(result, err, "--img-size 160000", "16,384 patches")

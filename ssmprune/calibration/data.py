@@ -3,10 +3,12 @@
 Every source turns into ``Samples``: (n, c, s, s) float32 arrays for the
 model's one input, optional labels, and what was skipped on the way.
 
-    ImageFolderData   a folder (searched recursively) of image files, through
+    ImageFolderData   a folder of image files, found as ``parity --images``
+                      finds them (``ssmprune.images.image_files``: recursive,
+                      by suffix, hidden ones skipped), read through
                       ``ssmprune.images`` (resize the shorter side, centre
-                      crop, the config's mean / std); unreadable files are
-                      skipped and counted, never fatal
+                      crop, the config's mean / std); unreadable image files
+                      are skipped and counted, never fatal
     NpzData           an .npz with arrays keyed by the model's input name
                       (and optionally ``labels``)
     DigitsData        scikit-learn digits (``ssmprune.data.digits``), the
@@ -31,7 +33,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
-from ssmprune.images import SAMPLE_PHOTOS
+from ssmprune.images import IMAGE_SUFFIXES, SAMPLE_PHOTOS, image_files
 
 LABELS_KEY = "labels"
 DIGITS_PARTS = ("held_out", "train")
@@ -79,9 +81,9 @@ def _check_rgb(config: Any, source: str) -> None:
 
 
 class ImageFolderData:
-    """Every file under ``path`` (recursively, sorted), as model inputs for ``model_config``.
+    """Every image file under ``path`` (``image_files``), as model inputs for ``model_config``.
 
-    Files that are not readable images are skipped and listed in
+    Image files that cannot be read are skipped and listed in
     ``Samples.skipped``. No readable image at all is a ``BadInputFileError``.
     With ``resize=False`` every image must already be img_size x img_size
     (an ``InputShapeError`` otherwise: that is a wrong set, not a bad file).
@@ -93,14 +95,16 @@ class ImageFolderData:
         self.resize = resize
 
     def files(self) -> list[Path]:
+        """The image files under the folder: ``ssmprune.images.image_files``, the walk
+        ``parity --images`` makes too."""
         if not self.path.is_dir():
             raise BadInputFileError(f"calibration folder {self.path} does not exist or is not "
                                     "a directory")
-        files = sorted(p for p in self.path.rglob("*")
-                       if p.is_file() and not any(part.startswith(".")
-                                                  for part in p.relative_to(self.path).parts))
+        files = image_files(self.path)
         if not files:
-            raise BadInputFileError(f"calibration folder {self.path} is empty")
+            raise BadInputFileError(f"calibration folder {self.path} holds no image files "
+                                    f"(looked for {', '.join(IMAGE_SUFFIXES)} in it and its "
+                                    "subfolders)")
         return files
 
     def load(self, limit: Optional[int] = None) -> Samples:

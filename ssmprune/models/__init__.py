@@ -24,7 +24,8 @@ def create_model(name: str, prune: Union[None, str, PruneConfig] = None,
     pruned model has the dense model's parameters, so the same checkpoints
     load. ``overrides`` replace config fields (``img_size``, ``embed_dim``,
     ``depth``, ``num_classes``, ``in_chans``, ...); unknown names raise
-    ConfigError.
+    ConfigError, and so does a size with more patches than
+    ``ssmprune.limits.MAX_TOKENS``, before anything is built.
     """
     entry = get_entry(name)
     cfg = entry.config(**overrides)

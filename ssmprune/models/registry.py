@@ -3,7 +3,9 @@
 A family is a config dataclass plus the ``nn.Module`` class built from it; a
 named model is a family plus the config values that differ from the family's
 defaults. Model modules register themselves at import time, so adding a model
-adds lines to its own module and edits no switch here.
+adds lines to its own module and edits no switch here. A family's config has
+``img_size`` and ``num_tokens`` or ``num_patches``: ``ssmprune.limits`` bounds
+the patches a config asks for before any model is built.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from ssmprune.errors import ConfigError, UnknownModelError
+from ssmprune.limits import check_tokens
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class ModelEntry:
         validate = getattr(cfg, "validate", None)
         if validate is not None:
             validate()
+        # Before anything is built from it: a size past the token bound would
+        # allocate its positional embedding and activations first (limits.py).
+        check_tokens(self.name, cfg)
         return cfg
 
 

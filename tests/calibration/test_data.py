@@ -24,12 +24,13 @@ def test_folder_skips_corrupt_files_and_counts_them(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     samples = ImageFolderData(tmp_path, CONFIG).load()
     assert samples.x.shape == (2, 3, 32, 32) and samples.x.dtype == np.float32
-    assert len(samples.skipped) == 2
-    assert {p.split("/")[-1] for p, _ in samples.skipped} == {"c.jpg", "notes.txt"}
+    # notes.txt is no image file (ssmprune.images.image_files): not read, not counted
+    assert len(samples.skipped) == 1
+    assert {p.split("/")[-1] for p, _ in samples.skipped} == {"c.jpg"}
     # Normalised with the config's mean and std: a flat 100/255 image.
     expected = (100 / 255 - 0.5) / 0.2
     assert np.allclose(samples.x[0, 0], expected, atol=1e-5)
-    assert samples.describe()["skipped"] == 2
+    assert samples.describe()["skipped"] == 1
 
 
 def test_folder_limit(tmp_path):
