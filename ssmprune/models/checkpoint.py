@@ -6,6 +6,15 @@ Accepted files: the official ``.pth`` (Vim: ``{'model': ...}`` or
 dict, and ``.safetensors``. Pickles are read with ``weights_only=True``, so
 nothing in them is executed. Each model class maps official keys to its own
 with ``from_official_state_dict`` / ``to_official_state_dict``.
+
+Anything else is one ``CheckpointError`` line naming the file: an empty file,
+a text file, a Git LFS pointer or an HTML page under a checkpoint's name, a
+zip that is no torch checkpoint, damaged or truncated bytes (torch's
+unpickler meets those with whatever its parser trips on: KeyError,
+IndexError, struct.error...). So is a floating-point tensor holding NaN or
+inf: no weight or buffer of these models is meaningful non-finite, and one
+turns every output it reaches into NaN or inf, through the export and the
+engine, so there is no option to let it through.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,16 +40,56 @@ WRAPPER_KEYS = ("model", "model_ema", "state_dict", "module")
 # unpickling a Namespace only sets attributes, no code of the file runs.
 _SAFE_GLOBALS = [argparse.Namespace]
 MAX_LISTED = 8
+# What torch's unpickler (and zip reader) raise on damaged bytes besides
+# UnpicklingError: each was seen from a corrupt or foreign file.
+_DAMAGED = (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError, TypeError, AttributeError, struct.error, OverflowError)
+_HEAD_BYTES = 64
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _never_a_checkpoint(head: bytes) -> str:
+    """What a file is that no checkpoint format starts like ('' if it could be one)."""
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (fetch them: git lfs pull)"
+    if head.lstrip()[:14].lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a failed download?)"
+    return ""
+
+
+def _kind(head: bytes) -> str:
+    """What a file that failed to load looks like from its first bytes ('' if unknown).
+    Text is told only after a failure: a protocol-0 pickle is text too."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""  # binary, or cut inside a character
+    if all(c.isprintable() or c in "\t\r\n" for c in text):
+        return f"a text file starting {text[:32]!r}"
+    return ""
 
 
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise BadInputFileError(f"checkpoint {path} does not exist or is not a file")
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    if not head:
+        raise CheckpointError(f"{path}: an empty file, not a checkpoint")
+    never = _never_a_checkpoint(head)
+    if never:
+        raise CheckpointError(f"{path}: not a checkpoint: {never}")
+    kind = _kind(head)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+            what = f": {kind}" if kind else f" ({_first_line(err)})"
+            raise CheckpointError(f"{path}: not a readable safetensors file{what}") from None
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -47,14 +97,19 @@ def _read(path: Path) -> dict:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         # torch's message leads with advice to disable weights_only; the line
         # naming the refused object is the useful one.
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line),
-                      lines[0] if lines else "unpickling failed")
+        refused = next((line for line in lines if "GLOBAL" in line
+                        or ("Unsupported" in line and "operand" not in line)), None)
+        if refused is None and kind:  # e.g. "Unsupported operand 118" on a text file
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint: {kind}") from None
+        reason = refused or (lines[0] if lines else "unpickling failed")
         raise CheckpointError(
             f"{path}: refused or unreadable pickle (only tensors and plain containers "
             f"are loaded, nothing is executed): {reason}") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
+    except _DAMAGED as err:
+        if kind:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint: {kind}") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint "
+                              f"({type(err).__name__}: {_first_line(err)})") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -72,7 +127,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     state = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
     if not state:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+    _check_finite(path, state)
     return state
+
+
+def _check_finite(path: Path, state: dict[str, Tensor]) -> None:
+    """Refuse the first floating-point tensor (in the file's order) with NaN or inf."""
+    for key, t in state.items():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        if t.is_floating_point() and t.element_size() == 1:
+            t = t.float()  # fp8: isfinite is not implemented for it everywhere
+        finite = torch.isfinite(t)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(t).sum())
+        inf = int((~finite).sum()) - nan
+        found = ", ".join(f"{n:,} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n)
+        raise CheckpointError(
+            f"{path}: tensor {key} {tuple(t.shape)} holds {found} of {t.numel():,} values; "
+            "non-finite weights are refused (they turn every output they reach into NaN or inf)")
 
 
 def _listing(keys: list[str]) -> str:

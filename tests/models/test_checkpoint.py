@@ -351,3 +351,159 @@ def test_save_creates_parent_folders_and_overwrites(tmp_path):
     save_checkpoint(first, path)
     save_checkpoint(second, path)
     _assert_same_outputs(second, load_checkpoint(create_fresh_like(second), path))
+
+
+# ---------------------------------------------------------------------------
+# Files that are not checkpoints at all, and non-finite weights (issue 15)
+# ---------------------------------------------------------------------------
+
+def _text_pth(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("hello, these are not weights\n")  # was torch's KeyError: 101
+    return path
+
+
+def _lfs_pointer(tmp_path):
+    path = tmp_path / "lfs.pth"
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 99\n")
+    return path
+
+
+def _html_page(tmp_path):
+    path = tmp_path / "download.safetensors"
+    path.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>\n")
+    return path
+
+
+def _foreign_zip(tmp_path):
+    import zipfile
+
+    path = tmp_path / "archive.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "a zip, not a torch checkpoint")
+    return path
+
+
+def _empty_safetensors(tmp_path):
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(b"")
+    return path
+
+
+NOT_CHECKPOINTS = {
+    "text_pth": (_text_pth, "not a PyTorch checkpoint"),
+    "lfs_pointer": (_lfs_pointer, "Git LFS pointer"),
+    "html_page": (_html_page, "HTML page"),
+    "foreign_zip": (_foreign_zip, "corrupt or truncated"),
+    "empty_pth": (_empty_file, "empty file"),
+    "empty_safetensors": (_empty_safetensors, "empty file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_CHECKPOINTS))
+def test_files_that_are_not_checkpoints_are_one_line(tmp_path, case):
+    make, fragment = NOT_CHECKPOINTS[case]
+    path = make(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    message = str(_user_error(info))
+    assert str(path) in message and fragment in message
+
+
+def _flipped(data: bytes, seed: int) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    out = bytearray(data)
+    n = int(torch.randint(1, 24, (1,), generator=g))
+    for i, v in zip(torch.randint(0, len(out), (n,), generator=g).tolist(),
+                    torch.randint(0, 256, (n,), generator=g).tolist()):
+        out[i] = v
+    return bytes(out)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_damaged_files_never_raise_anything_but_user_errors(tmp_path, suffix):
+    """Bytes flipped at random in a real checkpoint (and random cuts): each either loads,
+    or is one user error; never a KeyError, IndexError, TypeError, struct.error... (seen
+    from torch's unpickler on such files)."""
+    data = save_checkpoint(vim(), tmp_path / f"whole{suffix}").read_bytes()
+    path = tmp_path / f"damaged{suffix}"
+    for seed in range(150):
+        g = torch.Generator().manual_seed(10_000 + seed)
+        cut = int(torch.randint(0, len(data), (1,), generator=g))
+        for variant in (_flipped(data, seed), data[:cut]):
+            path.write_bytes(variant)
+            try:
+                read_state_dict(path)
+            except SsmpruneError as err:
+                assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, suffix, bad):
+    model = vim()
+    with torch.no_grad():
+        model.layers[0].mixer.x_proj.weight[1, 2] = bad
+        model.head.bias[0] = bad
+    path = save_checkpoint(model, tmp_path / f"nonfinite{suffix}")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(vim(), path)
+    message = str(_user_error(info))
+    # The first of the two in the file's order, and only it.
+    first = next(k for k in read_state_dict_unchecked(path)
+                 if k in ("layers.0.mixer.x_proj.weight", "head.bias"))
+    assert str(path) in message and f"tensor {first} " in message
+    assert sum(k in message for k in ("layers.0.mixer.x_proj.weight", "head.bias")) == 1
+    kind = "NaN" if bad != bad else "inf"
+    assert f"1 {kind}" in message
+
+
+def read_state_dict_unchecked(path):
+    """The file's tensor names in its own order, without ssmprune's checks."""
+    if path.suffix == ".safetensors":
+        return list(load_file(path))
+    return list(torch.load(path, weights_only=True)["model"])
+
+
+def test_non_finite_half_precision_weights_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: v.half() for k, v in vim().to_official_state_dict(vim().state_dict()).items()}
+    state["norm_f.weight"][0] = float("inf")
+    save_file(state, tmp_path / "half.safetensors")
+    with pytest.raises(CheckpointError, match="norm_f.weight"):
+        read_state_dict(tmp_path / "half.safetensors")
+
+
+def test_non_finite_checkpoint_is_one_line_in_the_cli(tmp_path):
+    from cli_helpers import assert_one_line_error, invoke
+
+    model = create_model("vim_digits")
+    with torch.no_grad():
+        model.pos_embed[0, 0, 0] = float("nan")
+    path = save_checkpoint(model, tmp_path / "nan.safetensors")
+    for args in (["run", "vim_digits", "--checkpoint", path],
+                 ["export", "vim_digits", "--checkpoint", path, "-o", tmp_path / "out"]):
+        result, _, err = invoke(*args)
+        assert_one_line_error(result, err, "pos_embed", "NaN")
+    assert not (tmp_path / "out").exists()
+
+
+def test_torch_load_is_weights_only():
+    """Nothing pickled executes: every torch.load in the package passes weights_only=True."""
+    import ast
+    from pathlib import Path
+
+    import ssmprune
+
+    calls = []
+    for file in Path(ssmprune.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "load" and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "torch"):
+                keywords = {k.arg: k.value for k in node.keywords}
+                calls.append(file.name)
+                assert (isinstance(keywords.get("weights_only"), ast.Constant)
+                        and keywords["weights_only"].value is True), f"{file}:{node.lineno}"
+    assert calls  # checkpoint.py's
