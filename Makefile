@@ -8,11 +8,21 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# Older releases of NVIDIA's pure-Python tensorrt.plugin package, which the plugin tests run
+# our decorator plugins under (tests/nvidia_qdp.py); only their Python files are used.
+NVIDIA_PLUGIN_VERSIONS := 10.9.0.34 11.1.0.106
+
+$(STAMP): requirements.txt pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	for v in $(NVIDIA_PLUGIN_VERSIONS); do \
+	  $(BIN)/pip download --quiet --no-deps --dest $(VENV)/nvidia-wheels \
+	    tensorrt-cu12-bindings==$$v && \
+	  $(BIN)/python -m zipfile -e $(VENV)/nvidia-wheels/tensorrt_cu12_bindings-$$v-*.whl \
+	    $(VENV)/nvidia-plugin/$$v || exit 1; \
+	done
 	touch $(STAMP)
 
 DEFAULT := vim_digits

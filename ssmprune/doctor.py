@@ -168,7 +168,7 @@ class _Probe:
         self.driver: Optional[tuple[int, int]] = None
         self.driver_error = ""
         try:
-            from ssmprune.plugins.triton import ptx
+            from ssmprune.plugins import ptx
 
             self.ptx = ptx
             self.driver = ptx.driver_cuda_version()

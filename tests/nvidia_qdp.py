@@ -40,6 +40,21 @@ def plugin_package_dir() -> Optional[Path]:
     return folder if (folder / "plugin" / "_lib.py").is_file() else None
 
 
+#: Older releases of the package, unpacked by ``make setup`` (NVIDIA_PLUGIN_VERSIONS in the
+#: Makefile): the oldest with ``aot_impl`` and the newest before 11.4's fixes.
+OLDER_RELEASES = ("10.9.0.34", "11.1.0.106")
+
+
+def release_dir(version: str) -> Path:
+    """The package folder of an older release of ``tensorrt.plugin``, as ``make setup``
+    unpacks it next to the virtual environment's packages."""
+    folder = Path(sys.prefix) / "nvidia-plugin" / version / PACKAGE
+    if not (folder / "plugin" / "_lib.py").is_file():
+        raise RuntimeError(f"tensorrt.plugin {version} is not unpacked in {folder.parent}: "
+                           "`make setup` fetches it")
+    return folder
+
+
 class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
@@ -248,10 +263,10 @@ class Logger:
         self.messages.append((severity, message))
 
 
-def _core(folder: Path) -> types.ModuleType:
+def _core(folder: Path, version: str) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__path__ = [str(folder)]  # so `tensorrt.plugin` is NVIDIA's package
-    trt.__version__ = "11.4.0.106"
+    trt.__version__ = version
     registry = PluginRegistry()
     for name, value in dict(
             DataType=DataType, TensorFormat=TensorFormat, PluginField=PluginField,
@@ -274,15 +289,16 @@ def _core(folder: Path) -> types.ModuleType:
     return trt
 
 
-def load(monkeypatch) -> types.ModuleType:
+def load(monkeypatch, version: Optional[str] = None) -> types.ModuleType:
     """``tensorrt`` with NVIDIA's ``tensorrt.plugin`` on the stand-in core, in
-    ``sys.modules`` until ``monkeypatch`` undoes it (with every submodule)."""
-    folder = plugin_package_dir()
+    ``sys.modules`` until ``monkeypatch`` undoes it (with every submodule).
+    ``version``: one of ``OLDER_RELEASES`` (None: the installed wheel's, 11.4)."""
+    folder = plugin_package_dir() if version is None else release_dir(version)
     if folder is None:
         raise RuntimeError(f"{WHEEL} is not installed: `make setup` installs it")
     for name in [m for m in sys.modules if m == "tensorrt" or m.startswith("tensorrt.")]:
         monkeypatch.delitem(sys.modules, name)
-    trt = _core(folder)
+    trt = _core(folder, version or "11.4.0.106")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     before = set(sys.modules)
     import tensorrt.plugin  # noqa: F401  (NVIDIA's package, on the stand-in core)
@@ -336,12 +352,14 @@ class AotLayer:
 
 def build_aot_layer(trt: types.ModuleType, op: str, namespace: str, fields: list,
                     inputs: list[tuple[DataType, tuple[int, ...]]],
-                    request: QuickPluginCreationRequest = QuickPluginCreationRequest.STRICT_AOT
+                    request: QuickPluginCreationRequest = QuickPluginCreationRequest.UNKNOWN
                     ) -> AotLayer:
     """Build one plugin layer as TensorRT's builder calls a quickly deployable plugin:
     creator lookup, ``create_plugin`` with the parser's fields, output types and
     shapes, format negotiation (the node's own types must be offered), configure,
-    launch parameters, kernel. ``inputs``: (type, static shape) per node input."""
+    launch parameters, kernel. ``inputs``: (type, static shape) per node input.
+    ``request``: what the parser asks for; UNKNOWN for a node without an ``aot``
+    attribute in a network without a PREFER_*_PYTHON_PLUGINS flag, as ours."""
     creator = trt.get_plugin_registry().get_creator(op, "1", namespace)
     if creator is None:
         raise LookupError(f"no creator {namespace}::{op} v1 in the registry")

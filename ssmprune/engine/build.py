@@ -251,7 +251,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _ptx_text(version: Optional[int]) -> Optional[str]:
     if version is None:
         return None
-    from ssmprune.plugins.triton import ptx
+    from ssmprune.plugins import ptx
 
     return ptx.as_text(version)
 
@@ -270,7 +270,7 @@ def plugin_choice(flavour: trt_mod.Flavour, options: BuildOptions, needed: Seque
                 f"--ptx-version sets the PTX of the aot plugins' kernels; this build "
                 f"{'binds the ' + form + ' form' if form else 'has no plugin layers'}")
         return form, None
-    from ssmprune.plugins.triton import ptx
+    from ssmprune.plugins import ptx
 
     if options.hardware_compatible:
         raise UnsupportedBuildOptionError(

@@ -98,8 +98,8 @@ def check_plugin_form(manifest: EngineManifest, name: str,
     unknown, not checked) accepts."""
     if not manifest.plugins:
         return None
-    from ssmprune.plugins.tensorrt import FORM_VAR, FORMS
-    from ssmprune.plugins.triton import ptx
+    from ssmprune.plugins.forms import FORM_VAR, FORMS
+    from ssmprune.plugins import ptx
 
     form = manifest.plugin_form
     if form not in FORMS:
@@ -148,7 +148,7 @@ def load_engine(engine_path: PathLike, flavour: Optional[trt_mod.Flavour] = None
                          "usable here")
     flavour = flavour or trt_mod.load()
     manifest = check_engine(engine_path, flavour, arch)
-    from ssmprune.plugins.triton.ptx import driver_cuda_version
+    from ssmprune.plugins.ptx import driver_cuda_version
 
     form = check_plugin_form(manifest, engine_path.name, driver_cuda_version())
     if form == "v3":  # an aot engine carries its kernels: nothing to register

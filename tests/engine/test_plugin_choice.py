@@ -11,7 +11,7 @@ from ssmprune.engine.build import BuildOptions, plugin_choice
 from ssmprune.engine.errors import PluginUnavailableError, UnsupportedBuildOptionError
 from ssmprune.engine.plugins import PluginRef
 from ssmprune.plugins import tensorrt as trt_plugins
-from ssmprune.plugins.triton import ptx
+from ssmprune.plugins import ptx
 
 NEEDED = [PluginRef("ssmprune", "SelectiveScan", "1")]
 

@@ -31,7 +31,8 @@ from ssmprune.exporter.manifest import MODEL_FILE
 from ssmprune.exporter.schemas import DOMAIN, GATHER_ATTRIBUTES, SCAN_ATTRIBUTES
 from ssmprune.plugins import tensorrt as trt_plugins
 from ssmprune.plugins.tensorrt import quick
-from ssmprune.plugins.triton import aot, ptx
+from ssmprune.plugins import ptx
+from ssmprune.plugins.triton import aot
 
 #: A CUDA 12.4 driver, common on data-centre machines: kernels capped at PTX 8.4.
 DRIVER = (12, 4)
@@ -41,13 +42,16 @@ EXPORTS = [("vim_dense", "fp32"), ("vim_pruned", "fp32"), ("plainmamba_dense", "
            ("plainmamba_pruned", "fp32"), ("vim_pruned", "fp16"), ("plainmamba_pruned", "fp16")]
 
 
+RELEASES = [None, *nvidia_qdp.OLDER_RELEASES]  # None: the installed wheel (11.4)
+
+
 @pytest.fixture
 def nvidia(monkeypatch):
-    """Loads NVIDIA's tensorrt.plugin on the stand-in core, in a fresh process's state.
-    A test calls it after exporting: with a module ``tensorrt`` in ``sys.modules``,
-    torch.onnx's own probe for TensorRT fails."""
-    def load():
-        trt = nvidia_qdp.load(monkeypatch)
+    """Loads NVIDIA's tensorrt.plugin (a release, default the installed wheel's) on the
+    stand-in core, in a fresh process's state. A test calls it after exporting: with a
+    module ``tensorrt`` in ``sys.modules``, torch.onnx's own probe for TensorRT fails."""
+    def load(release=None):
+        trt = nvidia_qdp.load(monkeypatch, release)
         monkeypatch.setattr(trt_plugins, "_REGISTERED", {})
         monkeypatch.setattr(quick, "SETTINGS", quick.AotSettings())
         monkeypatch.setattr(ptx, "driver_cuda_version", lambda: DRIVER)
@@ -55,8 +59,9 @@ def nvidia(monkeypatch):
     return load
 
 
-def test_nvidias_decorators_accept_both_ops(nvidia):
-    trt = nvidia()
+@pytest.mark.parametrize("release", RELEASES, ids=lambda r: r or "installed")
+def test_nvidias_decorators_accept_both_ops(nvidia, release):
+    trt = nvidia(release)
     # On the code before this test existed, NVIDIA's _validate_aot_impl refused scan_aot:
     # "No return annotation found for aot_impl function".
     refs = trt_plugins.register(trt, form="aot")
@@ -67,6 +72,8 @@ def test_nvidias_decorators_accept_both_ops(nvidia):
         creator = trt.get_plugin_registry().get_creator(name, version, DOMAIN)
         assert isinstance(creator, _TemplatePluginCreator)
         assert [f.name for f in creator.field_names] == FIELDS[name]
+        # Declared as the INT32 fields TensorRT's parser hands over.
+        assert {f.type for f in creator.field_names} == {nvidia_qdp.PluginFieldType.INT32}
         definition = QDP_REGISTRY[f"{DOMAIN}::{name}"]
         assert definition.aot_impl_func is not None and definition.impl_func is None
         assert definition.aot_impl_attr_names == FIELDS[name]
@@ -206,6 +213,19 @@ def test_aot_launch_contract_of_every_exported_node(nvidia, exports, case, dtype
         {"SelectiveScan", "TokenGather"} if "pruned" in case else {"SelectiveScan"})
     for node, inputs, outputs in configurations:
         _check_contract(trt, node, inputs, outputs, arch, tmp_path)
+
+
+@pytest.mark.parametrize("release", nvidia_qdp.OLDER_RELEASES)
+def test_older_releases_build_both_layers(nvidia, exports, release, tmp_path):  # noqa: F811
+    # tensorrt.plugin 10.9 to 11.1 read a field declared `int` with int(array of one),
+    # which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted"): the
+    # attributes are declared as int32 arrays instead.
+    configurations = _configurations(_model(exports, "vim_pruned", "fp32"))
+    trt = nvidia(release)
+    trt_plugins.register(trt, form="aot")
+    for op in ("SelectiveScan", "TokenGather"):
+        node, inputs, outputs = next(c for c in configurations if c[0].op_type == op)
+        _check_contract(trt, node, inputs, outputs, aot.DEFAULT_ARCH, tmp_path)
 
 
 def _variant(node, inputs, float_type, gap_type, has_z, softplus):

@@ -260,3 +260,17 @@ def test_plugin_engine_matches_torch(case, form, tmp_path, monkeypatch):
         (out,) = runner.infer({INPUT_NAME: x.cuda()}).values()
     with torch.no_grad():
         assert max_rel_error(out.cpu(), model(x)) <= 1e-4
+
+
+def test_aot_refuses_an_integer_argument_tensorrt_cannot_pass():
+    from ssmprune.plugins.triton.selective_scan import selective_scan_launch
+
+    kw = make_inputs(1, 8, 5, 4, seed=0)
+    launch = selective_scan_launch(**kw, out=torch.empty_like(kw["u"]))
+    compiled = aot.compile_for_cuda(launch)
+    args = list(launch.args)
+    args[9] = 2 ** 31  # d_inner: an int64 argument to Triton
+    wide = type(launch)(launch.kernel, launch.grid, tuple(args), launch.kwargs)
+    with pytest.raises(ValueError, match="int32 only"):
+        aot.scalar_arguments(aot.compile_for_cuda(wide), wide)
+    assert len(aot.scalar_arguments(compiled, launch)) > 0

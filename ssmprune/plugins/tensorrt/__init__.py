@@ -26,12 +26,11 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from ssmprune.plugins.forms import FORM_VAR, FORMS
 from ssmprune.plugins.tensorrt import selective_scan, token_gather
 from ssmprune.plugins.tensorrt.spec import NAMESPACE, VERSION, OpSpec
 
 SPECS: tuple[OpSpec, ...] = (selective_scan.SPEC, token_gather.SPEC)
-FORM_VAR = "SSMPRUNE_TRT_PLUGINS"
-FORMS = ("v3", "aot")
 
 # The registry keeps raw pointers to Python creators: they must stay alive.
 # (TensorRT module name, form) -> what was registered.

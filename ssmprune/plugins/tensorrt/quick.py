@@ -25,13 +25,16 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple, Union
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from ssmprune.plugins.tensorrt.buffers import TORCH_DTYPES, type_names
 from ssmprune.plugins.tensorrt.selective_scan import SPEC as SCAN
 from ssmprune.plugins.tensorrt.spec import NAMESPACE, TYPE_CLASSES, OpSpec
 from ssmprune.plugins.tensorrt.token_gather import SPEC as GATHER
-from ssmprune.plugins.triton import aot, ptx
+from ssmprune.plugins import ptx
+from ssmprune.plugins.triton import aot
 
 #: spec type names -> the names of ``tensorrt.plugin.AutoTuneCombination``.
 QDP_TYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int32": "INT32", "int64": "INT64"}
@@ -96,6 +99,10 @@ def aot_kernel(trt: Any, trtp: Any, spec: OpSpec, inputs: Sequence[Any],
     launch = spec.make_launch(placeholders(inputs), placeholders(outputs), values)
     arch = build_arch()
     compiled = aot.compile_for_cuda(launch, arch, build_ptx_version(arch))
+    if compiled.metadata.shared > aot.STATIC_SHARED_LIMIT:
+        raise ValueError(f"{spec.name}: the kernel needs {compiled.metadata.shared} bytes of "
+                         f"shared memory, more than the {aot.STATIC_SHARED_LIMIT} a launch gets "
+                         "without opting in")
     grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
     params = trtp.KernelLaunchParams(grid_x=grid[0], grid_y=grid[1], grid_z=grid[2],
                                      block_x=compiled.metadata.num_warps * aot.WARP_SIZE,
@@ -114,6 +121,10 @@ def register(trt: Any) -> list[str]:
     # What aot_impl returns: kernel name, PTX, launch parameters, integer arguments.
     Kernel = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams,
                    trtp.SymIntExprs]
+    # Attributes as int32 arrays, not Python ints: TensorRT's ONNX parser hands INT
+    # attributes over as INT32 fields, and tensorrt.plugin 10.9 to 11.1 turns a field
+    # declared `int` into a scalar with int(array of one), which NumPy >= 2.4 refuses.
+    Field = npt.NDArray[np.int32]
     scan_id, gather_id = (f"{NAMESPACE}::{s.name}" for s in (SCAN, GATHER))
     names = type_names(trt)
     to_trt = {v: k for k, v in names.items()}
@@ -130,7 +141,7 @@ def register(trt: Any) -> list[str]:
     @trtp.register(scan_id)
     def scan_desc(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
                   C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
-                  gap: TensorDesc, delta_softplus: int, has_z: int) -> Tuple[TensorDesc]:
+                  gap: TensorDesc, delta_softplus: Field, has_z: Field) -> Tuple[TensorDesc]:
         return out_descs(SCAN, (u, delta, A, B, C, D, z, delta_bias, gap), {})
 
     @trtp.autotune(scan_id)
@@ -142,15 +153,17 @@ def register(trt: Any) -> list[str]:
     @trtp.aot_impl(scan_id)
     def scan_aot(u: TensorDesc, delta: TensorDesc, A: TensorDesc, B: TensorDesc,
                  C: TensorDesc, D: TensorDesc, z: TensorDesc, delta_bias: TensorDesc,
-                 gap: TensorDesc, delta_softplus: int, has_z: int,
+                 gap: TensorDesc, delta_softplus: Field, has_z: Field,
                  outputs: Tuple[TensorDesc], tactic: int) -> Kernel:
+        values = SCAN.field_values({"delta_softplus": delta_softplus, "has_z": has_z})
         return aot_kernel(trt, trtp, SCAN, (u, delta, A, B, C, D, z, delta_bias, gap),
-                          outputs, {"delta_softplus": delta_softplus, "has_z": has_z})
+                          outputs, values)
 
     @trtp.register(gather_id)
-    def gather_desc(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
-                    protect: int, insert_at: int) -> Tuple[TensorDesc, TensorDesc]:
-        return out_descs(GATHER, (scores, positions, x), {"k": k, "protect": protect})
+    def gather_desc(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: Field,
+                    protect: Field, insert_at: Field) -> Tuple[TensorDesc, TensorDesc]:
+        values = GATHER.field_values({"k": k, "protect": protect, "insert_at": insert_at})
+        return out_descs(GATHER, (scores, positions, x), values)
 
     @trtp.autotune(gather_id)
     def gather_tune(scores: TensorDesc, positions: TensorDesc, x: TensorDesc,
@@ -158,10 +171,10 @@ def register(trt: Any) -> list[str]:
         return tune(GATHER)
 
     @trtp.aot_impl(gather_id)
-    def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: int,
-                   protect: int, insert_at: int, outputs: Tuple[TensorDesc, TensorDesc],
+    def gather_aot(scores: TensorDesc, positions: TensorDesc, x: TensorDesc, k: Field,
+                   protect: Field, insert_at: Field, outputs: Tuple[TensorDesc, TensorDesc],
                    tactic: int) -> Kernel:
-        return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs,
-                          {"k": k, "protect": protect, "insert_at": insert_at})
+        values = GATHER.field_values({"k": k, "protect": protect, "insert_at": insert_at})
+        return aot_kernel(trt, trtp, GATHER, (scores, positions, x), outputs, values)
 
     return [scan_id, gather_id]

@@ -33,6 +33,9 @@ from ssmprune.plugins.triton.runtime import Launch
 # sm_90: H100 / H200, the GPUs this project is measured on.
 DEFAULT_ARCH = 90
 WARP_SIZE = 32
+# Dynamic shared memory a kernel gets without cudaFuncSetAttribute, which a launch by
+# TensorRT's AOT plugin does not make.
+STATIC_SHARED_LIMIT = 48 * 1024
 
 
 def compile_for_cuda(launch: Launch, arch: int = DEFAULT_ARCH,
@@ -125,14 +128,21 @@ def without_idle_hidden_parameters(compiled: CompiledKernel) -> str:
 def scalar_arguments(compiled: CompiledKernel, launch: Launch) -> list[int]:
     """The values of the integer parameters left in the compiled entry, in entry order
     (arguments Triton folded into constants are not among them): what a caller
-    that launches the PTX passes between the input and the output pointers."""
+    that launches the PTX passes between the input and the output pointers.
+    ValueError for one that is not int32 (Triton makes an argument of 2**31 or more
+    int64), which TensorRT's 32-bit arguments would misplace."""
     jit = launch.kernel.jit
     values = dict(zip(jit.arg_names, launch.args)) | launch.kwargs
 
     def leaves(kind, value):
         if isinstance(kind, tuple):
             return [v for k, x in zip(kind, value) for v in leaves(k, x)]
-        return [] if kind == "constexpr" or kind.startswith("*") else [int(value)]
+        if kind == "constexpr" or kind.startswith("*"):
+            return []
+        if kind != "i32":  # TensorRT passes every extra argument as a 32-bit integer
+            raise ValueError(f"kernel {compiled.metadata.name} takes an integer argument of "
+                             f"type {kind} ({value}); TensorRT's AOT launch passes int32 only")
+        return [int(value)]
 
     return [v for name, kind in compiled.src.signature.items()
             for v in leaves(kind, values[name])]

@@ -8,7 +8,9 @@ sm_8x), newer than most installed drivers. So the build caps it: at what the
 build machine's driver accepts, or at what the user asks for
 (``--ptx-version``), never below what the target architecture needs.
 
-Versions are integers as Triton spells them: 84 is PTX ISA 8.4.
+Versions are integers as Triton spells them: 84 is PTX ISA 8.4. Nothing here
+imports Triton or torch: loading an engine whose kernels are compiled in needs
+neither.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from typing import Optional
-
-from triton.backends.nvidia.compiler import ptx_get_version
 
 #: The first PTX ISA version that knows each architecture (PTX ISA release notes).
 ARCH_MIN_PTX = {75: 63, 80: 70, 86: 71, 87: 74, 89: 78, 90: 80, 100: 86, 120: 87}
@@ -54,8 +54,16 @@ def driver_cuda_version() -> Optional[tuple[int, int]]:
 
 
 def driver_max_ptx(cuda: tuple[int, int]) -> int:
-    """The newest PTX ISA a driver of CUDA version ``cuda`` loads."""
-    return ptx_get_version(f"{cuda[0]}.{cuda[1]}")
+    """The newest PTX ISA a driver of CUDA version ``cuda`` loads (the PTX ISA release
+    notes: CUDA 11.x writes 7.x, 12.0-12.5 8.0-8.5, 12.6 8.5, 12.7-12.9 8.6-8.8, 13.x 9.x)."""
+    major, minor = cuda
+    if major >= 13:
+        return 90 + 10 * (major - 13) + minor
+    if major == 12:
+        return 80 + minor - (minor >= 6)
+    if major == 11:
+        return 70 + minor
+    raise ValueError(f"CUDA {major}.{minor} is older than any driver ssmprune supports")
 
 
 def arch_min_ptx(arch: int) -> int:
