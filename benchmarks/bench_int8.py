@@ -29,15 +29,12 @@ from timing import interleaved, machine  # noqa: E402
 from ssmprune.calibration import CalibrateOptions, PhotoCropsData, calibrate  # noqa: E402
 from ssmprune.exporter import ExportOptions, export  # noqa: E402
 from ssmprune.exporter.manifest import MODEL_FILE  # noqa: E402
+from ssmprune.parity.runners import CPU_PROVIDER, onnxrt_session  # noqa: E402
 
 
 def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """ssmprune's own session (exact int8 arithmetic on every CPU), on the CPU provider."""
+    return onnxrt_session(path, threads, providers=[CPU_PROVIDER])
 
 
 def main() -> None:

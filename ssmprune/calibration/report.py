@@ -11,6 +11,11 @@ Per set (the calibration set, the held-out set) and output:
 The verdict uses the parity table's tolerance for the precision (int8, fp8:
 top-1 agreement, ``ssmprune.parity.tolerances``), judged on the held-out
 set when there is one, else on the calibration set.
+
+Both files run on ONNX Runtime's CPU provider in ``parity.runners.onnxrt_session``
+sessions, whose int8 arithmetic is exact on every x86 CPU (``EXACT_INT8``):
+without it a CPU without VNNI saturates int8 products and the report would
+change with the machine.
 """
 
 from __future__ import annotations
@@ -26,15 +31,12 @@ from ssmprune.exporter.manifest import Manifest
 
 def run_onnx(path: Path, x: np.ndarray, input_name: str, batch: int,
              threads: int = 0) -> dict[str, np.ndarray]:
-    """All outputs of the ONNX file at ``path`` on x (n, ...), in static batches of ``batch``."""
-    import onnxruntime as ort
-
+    """All outputs of the ONNX file at ``path`` on x (n, ...), in static batches of ``batch``
+    (CPU provider, ``onnxrt_session``'s options)."""
     from ssmprune.calibration.quantize import batches
+    from ssmprune.parity.runners import CPU_PROVIDER, onnxrt_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnxrt_session(path, threads, providers=[CPU_PROVIDER])
     names = [o.name for o in session.get_outputs()]
     chunks = [session.run(names, {input_name: b}) for b in batches(x, batch)]
     return {name: np.concatenate([c[i] for c in chunks])[:len(x)] for i, name in enumerate(names)}

@@ -4,7 +4,10 @@ Polygraphy's ``PytRunner`` moves the model to CUDA unconditionally, so the
 PyTorch reference runs in ``TorchRunner`` (any device, inference mode).
 ``SessionFromOnnx`` offers no hook for session options or providers, so the
 ONNX Runtime session is built here (``onnxrt_session``, CUDA when there is one,
-see ``onnxrt_providers``) and handed to Polygraphy's ``OnnxrtRunner``.
+see ``onnxrt_providers``) and handed to Polygraphy's ``OnnxrtRunner``; every
+ssmprune session (parity, ``run``, the calibration report, the benchmarks) is
+made by ``onnxrt_session``, so all run int8 Q/DQ with the same exact arithmetic
+(``EXACT_INT8``).
 Polygraphy's ``TrtRunner`` imports ``tensorrt`` and cannot load a TensorRT-RTX
 engine nor check it against its manifest, so ``TrtRunner`` here wraps
 ``ssmprune.engine.runtime.EngineRunner``.
@@ -89,15 +92,18 @@ def onnxrt_providers() -> list[Any]:
     return [CPU_PROVIDER]
 
 
-def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "all"):
-    """An ``onnxruntime.InferenceSession`` with our options, on ``onnxrt_providers()``.
+# ONNX Runtime fuses DequantizeLinear -> MatMul into an int8 kernel (u8 activations x s8
+# weights). On x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) its MLAS kernel adds the
+# products in pairs saturated at int16 (vpmaddubsw), so a Q/DQ file's results depend on the
+# machine: vim_digits_top agreed 96.4 % with fp32 on an AVX2-only EPYC, 99.2 % with VNNI
+# (benchmarks/RESULTS.md). This key makes ONNX Runtime widen the weights to u8 on those CPUs
+# and use its u8 x u8 kernel, which accumulates in int32 like VNNI, ARM and TensorRT; on
+# other CPUs (and other providers) it changes nothing.
+EXACT_INT8 = {"session.x64quantprecision": "1"}
 
-    path: the ONNX file, or its serialised bytes.
-    threads: intra-op threads, 0 for ONNX Runtime's default.
-    optimization: "all", "extended", "basic" or "disabled" graph optimisation.
-    ``session.get_providers()[0]`` says which provider runs it (ONNX Runtime
-    falls back to the CPU when the CUDA provider cannot start).
-    """
+
+def onnxrt_options(threads: int = 0, optimization: str = "all"):
+    """``onnxruntime.SessionOptions`` of every ssmprune session (see ``onnxrt_session``)."""
     import onnxruntime as ort
 
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -108,8 +114,27 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
     options.intra_op_num_threads = threads
     options.graph_optimization_level = levels[optimization]
     options.log_severity_level = 3
+    for key, value in EXACT_INT8.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "all",
+                   providers: Optional[Sequence[Any]] = None):
+    """An ``onnxruntime.InferenceSession`` with our options (``onnxrt_options``).
+
+    path: the ONNX file, or its serialised bytes.
+    threads: intra-op threads, 0 for ONNX Runtime's default.
+    optimization: "all", "extended", "basic" or "disabled" graph optimisation.
+    providers: execution providers, ``onnxrt_providers()`` for None.
+    ``session.get_providers()[0]`` says which provider runs it (ONNX Runtime
+    falls back to the CPU when the CUDA provider cannot start).
+    """
+    import onnxruntime as ort
+
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, options, providers=onnxrt_providers())
+    return ort.InferenceSession(model, onnxrt_options(threads, optimization),
+                                providers=list(providers or onnxrt_providers()))
 
 
 class OnnxrtSessionFromPath:

@@ -70,11 +70,10 @@ def test_quantized_manifest(calibrated):  # noqa: F811
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
 def test_onnxruntime_runs_the_quantized_file(calibrated, precision):  # noqa: F811
-    import onnxruntime as ort
+    from ssmprune.parity.runners import CPU_PROVIDER, onnxrt_session
 
     _, result = calibrated.get("plainmamba_pruned", precision)
-    session = ort.InferenceSession(str(result.directory / MODEL_FILE),
-                                   providers=["CPUExecutionProvider"])
+    session = onnxrt_session(result.directory / MODEL_FILE, providers=[CPU_PROVIDER])
     shape = result.manifest.input["shape"]
     out = session.run(None, {"images": np.zeros(shape, np.float32)})[0]
     assert out.shape == (shape[0], 100) and np.isfinite(out).all()
