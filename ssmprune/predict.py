@@ -10,7 +10,6 @@ returns only the real images' outputs.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -143,11 +142,11 @@ def load_deployed(path: str | os.PathLike) -> Deployed:
 def _onnx_deployed(path: Path) -> Deployed:
     import onnxruntime as ort
 
-    from ssmprune.exporter.manifest import MODEL_FILE, read_export, verify_model_file
+    from ssmprune.exporter.manifest import read_export
     from ssmprune.parity.runners import RUNNER_FACTORIES, RunnerContext
 
-    directory, manifest = read_export(path)  # every listed file's sha256
-    verify_model_file(directory / MODEL_FILE)
+    # The manifest's schema, every file's size and sha256, model.onnx against the manifest.
+    directory, manifest = read_export(path)
     runtime = RUNNER_FACTORIES["onnxrt"](RunnerContext(directory, manifest))
     return Deployed(path, manifest, runtime, f"ONNX Runtime {ort.__version__}",
                     manifest.input["name"], tuple(manifest.input["shape"]))
@@ -164,7 +163,7 @@ def _engine_deployed(path: Path) -> Deployed:
         raise BadInputFileError(f"engine {path} was built from a bare .onnx file: its manifest "
                                 "has no export manifest to preprocess images by; build it from "
                                 "an `ssmprune export` folder")
-    manifest = Manifest.from_json(json.dumps(engine.source), f"{manifest_path(path)} (source)")
+    manifest = Manifest.from_dict(engine.source, f"{manifest_path(path)} (its source export)")
     runtime = engine_runtime(path, engine)
     return Deployed(path, manifest, runtime, "", runtime.runner.input_name,
                     runtime.runner.input_shape)

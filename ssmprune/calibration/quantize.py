@@ -24,10 +24,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import numpy as np
 import onnx
+from pydantic import with_config
+from typing_extensions import TypedDict
 
 from ssmprune.calibration.data import Samples
 from ssmprune.calibration.fp8 import FP8_MIN_OPSET, fp8_from_int8, qdq_types
@@ -50,6 +52,7 @@ from ssmprune.exporter.manifest import (
     write_export,
 )
 from ssmprune.exporter.progress import Steps
+from ssmprune.manifest_schema import STRICT, ErrorType, PositiveInt
 
 METHODS = ("minmax", "entropy", "percentile")
 PRECISIONS = ("int8", "fp8")
@@ -84,11 +87,33 @@ class CalibrateOptions:
             raise ConfigError(f"--samples must be at least 1, got {self.samples}")
 
 
+@with_config({**STRICT, "extra": "allow"})
+class QuantizationRecord(TypedDict):
+    """What calibration did; the keys read back are typed, the rest is a report."""
+
+    precision: Literal["int8", "fp8"]
+    method: Literal["minmax", "entropy", "percentile"]
+    samples: PositiveInt
+
+
 @dataclass
 class QuantizedManifest(Manifest):
-    """An export manifest plus what calibration did (method, data, the fp32 source)."""
+    """An export manifest plus what calibration did (method, data, the fp32 source).
 
-    quantization: Optional[dict[str, Any]] = None
+    The schema is the export manifest's with ``quantization``, whose
+    precision must be the manifest's. ``fp32_source.directory`` records where
+    the fp32 export was, for information: nothing reads files from it.
+    """
+
+    quantization: Optional[QuantizationRecord] = None
+
+    def check_fields(self, source: str, error: ErrorType = BadInputFileError) -> None:
+        super().check_fields(source, error)
+        if self.quantization is None:
+            raise error(f"{source} has no quantization record: not a calibrated export")
+        if self.quantization["precision"] != self.precision:
+            raise error(f"{source}: quantization.precision {self.quantization['precision']} "
+                        f"differs from precision {self.precision}")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``vim_t.engine`` gets ``vim_t.engine.json``::
 
-    {"kind": "ssmprune-engine", "format": 1,
+    {"kind": "ssmprune-engine", "schema_version": 1,
      "engine": {"file": "vim_t.engine", "bytes": 123, "sha256": "..."},
      "tensorrt": {"flavour": "tensorrt_rtx", "version": "1.7.1.116"},
      "gpu": {"targets": ["sm_86"], "built_on": null,
@@ -26,6 +26,14 @@ running driver must accept); both null without plugin layers.
 
 Writes are atomic (a temporary file in the same folder, then rename), engine
 first, manifest last: a manifest never describes a half-written engine.
+
+Reading checks the manifest before anything in it is used: bounded parsing,
+``schema_version`` (a manifest written before it has ``format`` 1 instead,
+read as version 1) and the schema (``ssmprune.manifest_schema``); file names
+are plain names of the engine's folder, the engine's sha256 is mandatory;
+``source`` must be a valid export manifest whose ``model.onnx`` sha256 is the
+one the engine was built from, with the engine's inputs and outputs (names,
+shapes).
 """
 
 from __future__ import annotations
@@ -36,13 +44,30 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, Field, with_config
+from typing_extensions import TypedDict
 
 from ssmprune.engine.errors import EngineFileError
+from ssmprune.exporter.manifest import PRECISIONS, Manifest
 from ssmprune.exporter.manifest import sha256_file  # noqa: F401  (one sha256 helper; re-exported)
+from ssmprune.manifest_schema import (
+    SCHEMA_VERSION,
+    STRICT,
+    TOP_LEVEL,
+    Count,
+    FileName,
+    Seconds,
+    Sha256,
+    Text,
+    read_json,
+    schema_version,
+    validate,
+)
 
 KIND = "ssmprune-engine"
-FORMAT = 1
+LEGACY_VERSION_KEY = "format"  # schema_version's name (then always 1) before issue 15
 PathLike = Union[str, os.PathLike]
 
 
@@ -72,41 +97,112 @@ def manifest_path(engine_path: PathLike) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
+@with_config(STRICT)
+class EngineFile(TypedDict):
+    file: FileName
+    bytes: Count
+    sha256: Sha256
+
+
+@with_config(STRICT)
+class TensorRTInfo(TypedDict):
+    flavour: Literal["tensorrt", "tensorrt_rtx"]
+    version: Text
+
+
+@with_config(STRICT)
+class GpuInfo(TypedDict):
+    targets: Optional[list[Text]]
+    built_on: Optional[Text]
+    hardware_compatible: bool
+
+
+@with_config(STRICT)
+class PluginInfo(TypedDict):
+    name: Text
+    version: Text
+    namespace: Text
+
+
+@with_config(STRICT)
+class EngineTensor(TypedDict):
+    name: Text
+    shape: list[int]  # -1 for a dynamic axis
+    dtype: Text
+
+
+@with_config(STRICT)
+class OnnxInfo(TypedDict):
+    """The ONNX the engine was built from (``file``: its name then, for information)."""
+
+    file: FileName
+    sha256: Sha256
+    inputs: Annotated[list[EngineTensor], Field(min_length=1)]
+    outputs: Annotated[list[EngineTensor], Field(min_length=1)]
+
+
+def _precision(value: str) -> str:
+    """fp32 | fp16 | bf16 | int8 | fp8, or a combination such as ``int8+fp16``."""
+    if not all(part in PRECISIONS for part in value.split("+")):
+        raise ValueError(f"not a precision ssmprune knows ({', '.join(PRECISIONS)}, "
+                         "or a combination such as int8+fp16)")
+    return value
+
+
 @dataclass
 class EngineManifest:
-    """Everything recorded about one engine file (see the module docstring)."""
+    """Everything recorded about one engine file (see the module docstring); the annotations
+    are the schema of the manifest (``manifest_schema``)."""
 
-    engine: dict[str, Any]
-    tensorrt: dict[str, str]
-    gpu: dict[str, Any]
-    precision: str
+    __pydantic_config__ = TOP_LEVEL
+
+    engine: EngineFile
+    tensorrt: TensorRTInfo
+    gpu: GpuInfo
+    precision: Annotated[str, AfterValidator(_precision)]
     strongly_typed: bool
     version_compatible: bool = False
-    plugins: list[dict[str, str]] = field(default_factory=list)
-    plugin_form: Optional[str] = None
+    plugins: list[PluginInfo] = field(default_factory=list)
+    plugin_form: Optional[Literal["v3", "aot"]] = None
     ptx_version: Optional[str] = None
-    lowered_ops: dict[str, int] = field(default_factory=dict)
-    onnx: dict[str, Any] = field(default_factory=dict)
-    source: Optional[dict[str, Any]] = None
+    lowered_ops: dict[str, Count] = field(default_factory=dict)
+    onnx: OnnxInfo = field(default_factory=dict)  # type: ignore[assignment]  (set by the builder)
+    source: Optional[dict[str, Any]] = None  # the export manifest (``Manifest.from_dict``)
     tools: dict[str, str] = field(default_factory=dict)
-    build_seconds: Optional[float] = None
+    build_seconds: Optional[Seconds] = None
 
     def to_json(self) -> str:
-        return json.dumps({"kind": KIND, "format": FORMAT, **asdict(self)}, indent=2) + "\n"
+        return json.dumps({"kind": KIND, "schema_version": SCHEMA_VERSION, **asdict(self)},
+                          indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "EngineManifest":
+    def from_dict(cls, data: Any, where: str) -> "EngineManifest":
+        """``data`` checked (schema, version, its source export); else ``EngineFileError``."""
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind != KIND:
-            raise EngineFileError(f"{where} is not an ssmprune engine manifest (kind {kind!r})")
-        if data.get("format") != FORMAT:
-            raise EngineFileError(f"{where} has manifest format {data.get('format')!r}; "
-                                  f"this ssmprune reads format {FORMAT}: rebuild the engine")
-        known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as err:
-            raise EngineFileError(f"{where} is missing manifest fields ({err})") from None
+            raise EngineFileError(f"{where} is not an ssmprune engine manifest "
+                                  f"(kind {str(kind)[:40]!r})")
+        schema_version(data, LEGACY_VERSION_KEY, where, EngineFileError)
+        fields = {k: v for k, v in data.items() if k not in ("kind", LEGACY_VERSION_KEY)}
+        manifest = validate(cls, fields, where, "ssmprune engine manifest", EngineFileError)
+        if manifest.source is not None:
+            source = Manifest.from_dict(manifest.source, f"{where} (its source export)",
+                                        EngineFileError)
+            built_from = manifest.onnx["sha256"]
+            listed = source.files.get(manifest.onnx["file"], {}).get("sha256")
+            if listed != built_from:
+                raise EngineFileError(
+                    f"{where}: its source export lists sha256 {str(listed)[:12]}... for "
+                    f"{manifest.onnx['file']}, but the engine was built from an onnx with "
+                    f"sha256 {built_from[:12]}...: not the export this engine was built from")
+            bindings = [[(t["name"], t["shape"]) for t in manifest.onnx[k]]
+                        for k in ("inputs", "outputs")]
+            exported = [[(source.input["name"], source.input["shape"])],
+                        [(t["name"], t["shape"]) for t in source.outputs]]
+            if bindings != exported:
+                raise EngineFileError(f"{where}: the engine's inputs and outputs {bindings} are "
+                                      f"not its source export's {exported}")
+        return manifest
 
 
 def write_engine(engine_path: PathLike, engine: Union[bytes, memoryview],
@@ -122,16 +218,13 @@ def write_engine(engine_path: PathLike, engine: Union[bytes, memoryview],
 
 
 def read_manifest(engine_path: PathLike) -> EngineManifest:
-    """The manifest next to ``engine_path``; ``EngineFileError`` when missing or unreadable."""
+    """The manifest next to ``engine_path``, checked; ``EngineFileError`` when missing,
+    unreadable or invalid."""
     mpath = manifest_path(engine_path)
-    if not mpath.is_file():
+    if not os.path.lexists(mpath):
         raise EngineFileError(f"no manifest {mpath.name} next to {engine_path}: an engine is "
                               "only trusted with the manifest `ssmprune build` writes")
-    try:
-        data = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EngineFileError(f"cannot read engine manifest {mpath}: {err}") from None
-    return EngineManifest.from_dict(data, str(mpath))
+    return EngineManifest.from_dict(read_json(mpath, EngineFileError), str(mpath))
 
 
 def verify_engine_file(engine_path: PathLike, manifest: EngineManifest) -> None:
@@ -139,13 +232,13 @@ def verify_engine_file(engine_path: PathLike, manifest: EngineManifest) -> None:
     engine_path = Path(engine_path)
     if not engine_path.is_file():
         raise EngineFileError(f"engine file {engine_path} does not exist")
-    size, expected = engine_path.stat().st_size, int(manifest.engine.get("bytes", -1))
+    size, expected = engine_path.stat().st_size, manifest.engine["bytes"]
     if size < expected:
         raise EngineFileError(f"engine file {engine_path} is truncated: {size} bytes, "
                               f"its manifest records {expected}")
     if size != expected:
         raise EngineFileError(f"engine file {engine_path} has {size} bytes, its manifest "
                               f"records {expected}: not the engine this manifest describes")
-    if sha256_file(engine_path) != manifest.engine.get("sha256"):
+    if sha256_file(engine_path) != manifest.engine["sha256"]:
         raise EngineFileError(f"engine file {engine_path} does not match the sha256 in its "
                               "manifest: corrupted or replaced")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import os
 import platform
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -11,92 +12,43 @@ from typing import Any, Optional
 from ssmprune.engine.build import BuildOptions, BuiltEngine, build_engine
 from ssmprune.engine.manifest import EngineManifest, sha256_file, write_engine
 from ssmprune.errors import BadInputFileError
-
-#: Names an export folder's manifest may have, first found wins.
-EXPORT_MANIFEST_NAMES = ("manifest.json", "export.json")
+from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE, read_export
 
 
 def find_onnx(source: Path) -> tuple[Path, Optional[dict[str, Any]]]:
-    """The ONNX file to build from ``source`` (a file, or an export folder) and its manifest.
+    """The ONNX file to build from ``source`` (a file, or a folder) and its export manifest.
 
-    An ``ssmprune export`` folder (or its model.onnx) is checked against its
-    manifest first (every file's sha256). Any other folder: the ``.onnx`` its
-    manifest names (key ``onnx``, or the only ``.onnx`` among ``files``), else
-    the only ``.onnx`` file there.
+    A folder holding a manifest.json (or an .onnx file in one) is an export:
+    ``read_export`` checks its manifest, every file's size and sha256 and the
+    ONNX against the manifest before anything is built, and whatever fails
+    is refused: a manifest that is not a valid ssmprune export manifest is
+    never skipped for the bare file. Otherwise: the .onnx file given, or the
+    only one in the folder, built without an export manifest (``source``
+    null in the engine's manifest).
     """
     source = Path(source)
-    checked = _ssmprune_export(source)
-    if checked is not None:
-        return checked
     if source.is_file():
         if source.suffix != ".onnx":
             raise BadInputFileError(f"{source} is not an .onnx file or an export folder")
-        return source, _export_manifest(source.parent, source.name)
-    if not source.is_dir():
+        folder = source.parent
+    elif source.is_dir():
+        folder = source
+    else:
         raise BadInputFileError(f"{source} does not exist (expected an export folder or "
                                 "an .onnx file)")
-    manifest = _export_manifest(source, None)
-    named = _onnx_named_by(manifest) if manifest else None
-    if named is not None:
-        path = source / named
-        if not path.is_file():
-            raise BadInputFileError(f"the export manifest in {source} names {named}, "
-                                    "which is missing")
-        return path, manifest
+    if os.path.lexists(folder / MANIFEST_FILE):
+        directory, manifest = read_export(source, verify=True)
+        onnx_path = source if source.is_file() else directory / MODEL_FILE
+        return onnx_path, asdict(manifest)
+    if source.is_file():
+        return source, None
     found = sorted(source.glob("*.onnx"))
     if len(found) == 1:
-        return found[0], manifest
+        return found[0], None
     if not found:
         raise BadInputFileError(f"no .onnx file in {source}")
     raise BadInputFileError(f"{source} holds {len(found)} .onnx files "
                             f"({', '.join(p.name for p in found)}): pass the one to build")
-
-
-def _ssmprune_export(source: Path) -> Optional[tuple[Path, dict[str, Any]]]:
-    """``(onnx path, manifest)`` when ``source`` is an ``ssmprune export`` output, checked."""
-    folder = source if source.is_dir() else source.parent
-    try:
-        data = json.loads((folder / "manifest.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != "ssmprune-onnx":
-        return None
-    from dataclasses import asdict
-
-    from ssmprune.exporter.manifest import MODEL_FILE, read_export
-
-    directory, manifest = read_export(source, verify=True)
-    onnx_path = source if source.is_file() else directory / MODEL_FILE
-    return onnx_path, asdict(manifest)
-
-
-def _export_manifest(folder: Path, onnx_name: Optional[str]) -> Optional[dict[str, Any]]:
-    names = list(EXPORT_MANIFEST_NAMES)
-    if onnx_name:
-        stem = onnx_name[:-len(".onnx")]
-        names = [f"{onnx_name}.json", f"{stem}.json", *names]
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise BadInputFileError(f"cannot read export manifest {path}: {err}") from None
-            return data if isinstance(data, dict) else None
-    return None
-
-
-def _onnx_named_by(manifest: dict[str, Any]) -> Optional[str]:
-    value = manifest.get("onnx")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("file"), str):
-        return value["file"]
-    files = manifest.get("files")
-    names = list(files) if isinstance(files, dict) else files if isinstance(files, list) else []
-    onnx_files = [n if isinstance(n, str) else n.get("file", "") for n in names]
-    onnx_files = [n for n in onnx_files if isinstance(n, str) and n.endswith(".onnx")]
-    return onnx_files[0] if len(onnx_files) == 1 else None
 
 
 def tool_versions(flavour_package: str) -> dict[str, str]:

@@ -205,27 +205,59 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
 def model_from_manifest(manifest: Manifest, checkpoint: Optional[str] = None) -> nn.Module:
     """The PyTorch reference model an export was made from, with the same weights.
 
-    ``checkpoint`` replaces the recorded checkpoint path (same sha256 required).
+    The manifest's config is checked against its model's family first (types
+    included: ``manifest_schema.validate``). Weights: the recorded seed, or
+    the checkpoint with the recorded sha256: ``checkpoint`` when given (a
+    file of the export folder, ``manifest.checkpoint_in_export``, or the
+    user's ``--checkpoint``), else the embedded weights of a digits model when
+    theirs is the recorded sha256. A recorded absolute path is never opened:
+    a manifest could name any file of the machine.
     """
+    from ssmprune.manifest_schema import validate
+    from ssmprune.models.registry import get_entry
+
+    entry = get_entry(manifest.model)
+    if entry.family.name != manifest.family:
+        raise BadInputFileError(f"the manifest says {manifest.model} is a {manifest.family} "
+                                f"model; this ssmprune has it as {entry.family.name}")
+    validate(entry.family.config_cls, manifest.config, "the manifest's config",
+             f"{entry.family.name} config")
     prune = None
     if manifest.prune is not None:
         p = dict(manifest.prune)
         ratio = p["keep_ratio"]
         prune = PruneConfig(tuple(ratio) if isinstance(ratio, list) else ratio,
                             tuple(p["prune_after"]), p["importance"], p["alignment"])
-    weights = manifest.weights
-    path = None
-    if "checkpoint" in weights:
-        path = Path(checkpoint or weights["checkpoint"])
-        if not path.is_file():
-            raise BadInputFileError(f"checkpoint {path} recorded in the manifest is missing "
-                                    "(give --checkpoint PATH)")
-        if sha256_file(path) != weights.get("sha256"):
-            raise BadInputFileError(f"checkpoint {path} does not match the sha256 in the manifest")
+    path = _checkpoint(manifest, checkpoint)
     model, _ = build_model(manifest.model, str(path) if path else None,
-                           weights.get("seed", DEFAULT_SEED), prune=prune, **manifest.overrides)
+                           manifest.weights.get("seed", DEFAULT_SEED), prune=prune,
+                           **manifest.overrides)
     if _jsonable(dataclasses.asdict(model.config)) != manifest.config:
         raise BadInputFileError(f"the manifest's {manifest.model} config differs from what this "
                                 "ssmprune builds from it; export the model again")
     return model
 
+
+def _checkpoint(manifest: Manifest, given: Optional[str]) -> Optional[Path]:
+    """The checkpoint file to load (see ``model_from_manifest``), None for seeded weights."""
+    weights = manifest.weights
+    if "checkpoint" not in weights:
+        return None
+    recorded, digest = weights["checkpoint"], weights["sha256"]
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise BadInputFileError(f"checkpoint {path} is missing (the manifest records "
+                                    f"{recorded})")
+        if sha256_file(path) != digest:
+            raise BadInputFileError(f"checkpoint {path} does not match the sha256 in the manifest")
+        return path
+    embedded = embedded_weights(manifest.model)
+    if embedded is not None and sha256_file(embedded) == digest:
+        return embedded
+    if not Path(recorded).is_absolute():
+        raise BadInputFileError(f"checkpoint {recorded} is a file of the export folder: "
+                                "pass its path (exporter.manifest.checkpoint_in_export)")
+    raise BadInputFileError(f"checkpoint {recorded} recorded in the manifest is outside the "
+                            "export folder, and ssmprune opens no file outside it on a "
+                            "manifest's word: give --checkpoint PATH (the same file)")

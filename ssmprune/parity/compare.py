@@ -9,7 +9,8 @@ output, against the first runtime (the reference):
     max_rel   max over samples of max |actual - reference| / max |reference|
     top1      fraction of samples whose arg-max class agrees
 
-Tolerances come from ``tolerances.TOLERANCES`` by the file's precision; a
+Tolerances come from ``tolerances.TOLERANCES`` by the file's precision (the
+manifest's, which ``read_export`` checks against the ONNX file); a
 comparison with a TensorRT engine built at another precision than its export
 (e.g. fp16 builder flags) is judged by the engine's. Every output of every
 runtime is reported before the verdict, with what ran each runtime.
@@ -26,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
-from ssmprune.exporter.manifest import MODEL_FILE, Manifest, read_export, verify_model_file
+from ssmprune.exporter.manifest import Manifest, checkpoint_in_export, read_export
 from ssmprune.parity.tolerances import tolerance_for
 
 RUNTIMES = ("torch", "onnxrt")  # the default comparison; runners.RUNNER_FACTORIES has all
@@ -178,8 +179,12 @@ def run_parity(path: str | Path, images: Sequence[str] = (),
                           f"--runtimes torch,onnxrt,{ENGINE_RUNTIME}")
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
+    # The manifest is checked against the file before it picks a tolerance row: read_export
+    # refuses a precision, input or output model.onnx does not have.
     directory, manifest = read_export(path)
-    verify_model_file(directory / MODEL_FILE)
+    if checkpoint is None:
+        in_folder = checkpoint_in_export(directory, manifest)
+        checkpoint = str(in_folder) if in_folder is not None else None
     if batch is not None and batch != manifest.batch:
         raise InputShapeError(f"{directory} was exported for batch {manifest.batch}, not {batch}; "
                               f"export it again with --batch {batch}")

@@ -36,10 +36,15 @@ def fake_flavour(name="tensorrt", version="10.13.0.35", creators=()):
     return trt_mod.Flavour(name, module, version)
 
 
+ONNX = {"file": "vim_t.onnx", "sha256": "0" * 64,
+        "inputs": [{"name": "images", "shape": [1, 3, 224, 224], "dtype": "FLOAT"}],
+        "outputs": [{"name": "logits", "shape": [1, 1000], "dtype": "FLOAT"}]}
+
+
 def make_manifest(**changes) -> EngineManifest:
     fields = dict(engine={}, tensorrt={"flavour": "tensorrt", "version": "10.13.0.35"},
                   gpu={"targets": ["sm_87"], "built_on": "sm_87", "hardware_compatible": False},
-                  precision="fp16", strongly_typed=False, plugins=[SCAN])
+                  precision="fp16", strongly_typed=False, plugins=[SCAN], onnx=ONNX)
     fields.update(changes)
     return EngineManifest(**fields)
 
@@ -90,10 +95,12 @@ def test_missing_engine_and_missing_manifest(engine, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("{not json", "cannot read engine manifest"),
+    ("{not json", "vim_t.engine.json is not valid JSON"),
     (json.dumps({"kind": "something-else"}), "not an ssmprune engine manifest"),
-    (json.dumps({"kind": "ssmprune-engine", "format": 99}), "format 99"),
-    (json.dumps({"kind": "ssmprune-engine", "format": 1}), "missing manifest fields"),
+    (json.dumps({"kind": "ssmprune-engine", "schema_version": 99}), "schema_version 99"),
+    (json.dumps({"kind": "ssmprune-engine", "format": 99}), "format 99; this ssmprune reads"),
+    (json.dumps({"kind": "ssmprune-engine", "schema_version": 1}),
+     "not a valid ssmprune engine manifest.*engine: Field required"),
 ])
 def test_bad_manifest(engine, text, message):
     manifest_path(engine).write_text(text)

@@ -75,3 +75,10 @@ def assert_custom_nodes(case: str, result: ExportResult, model: onnx.ModelProto)
     assert result.custom_nodes == expected
     assert {(f.domain, f.name) for f in model.functions} == {
         (DOMAIN, SELECTIVE_SCAN), *([(DOMAIN, TOKEN_GATHER)] if c.gathers else [])}
+
+
+@pytest.fixture(scope="session")
+def vim_digits_export(tmp_path_factory) -> Path:
+    """``ssmprune export vim_digits``: dense, its embedded weights, batch 1 (the smallest real
+    export; the CLI tests of manifests tamper with copies of it)."""
+    return export(ExportOptions("vim_digits"), tmp_path_factory.mktemp("digits") / "vim").directory

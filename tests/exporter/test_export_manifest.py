@@ -26,7 +26,7 @@ from ssmprune.parity.runners import onnxrt_session
 def test_manifest_records_the_export(exports):
     result = exports.get("vim_pruned")
     data = json.loads((result.directory / MANIFEST_FILE).read_text())
-    assert data["format"] == "ssmprune-onnx" and data["format_version"] == 1
+    assert data["format"] == "ssmprune-onnx" and data["schema_version"] == 1
     assert data["model"] == "vim_t" and data["family"] == "vim"
     assert data["config"]["embed_dim"] == 32 and data["overrides"]["depth"] == 3
     assert data["prune"] == {"keep_ratio": 0.7, "prune_after": [1, 2], "importance": "clip",
@@ -74,7 +74,7 @@ def test_sha256_mismatch_is_refused(exports, tmp_path):
     (None, "has no manifest.json"),
     ("{not json", "not valid JSON"),
     (json.dumps({"format": "something-else"}), "not an ssmprune export manifest"),
-    (json.dumps({"format": "ssmprune-onnx", "format_version": 99}), "manifest version 99"),
+    (json.dumps({"format": "ssmprune-onnx", "schema_version": 99}), "schema_version 99"),
 ])
 def test_bad_manifests_are_refused(exports, tmp_path, content, message):
     target = copy_export(exports.get("vim_pruned"), tmp_path)
@@ -186,12 +186,16 @@ def test_checkpoint_weights_are_recorded_and_checked(tmp_path):
                     tmp_path / "out")
     assert result.manifest.weights == {"checkpoint": str(ckpt.resolve()),
                                        "sha256": sha256_file(ckpt)}
-    rebuilt = model_from_manifest(result.manifest)
+    # The recorded path lies outside the export: it is given again, never opened on the
+    # manifest's word (issue 15).
+    with pytest.raises(BadInputFileError, match="outside the export folder.*--checkpoint"):
+        model_from_manifest(result.manifest)
+    rebuilt = model_from_manifest(result.manifest, str(ckpt))
     assert torch.equal(rebuilt.head.weight, model.head.weight)
     moved = tmp_path / "moved.pth"
     ckpt.rename(moved)
     with pytest.raises(BadInputFileError, match="missing"):
-        model_from_manifest(result.manifest)
+        model_from_manifest(result.manifest, str(ckpt))
     assert torch.equal(model_from_manifest(result.manifest, str(moved)).head.weight,
                        model.head.weight)
     moved.write_bytes(moved.read_bytes() + b"\0")
