@@ -387,7 +387,8 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
               callback=limits.SAMPLES.callback,
               help="Inputs to compare: photos and seeded random images.")
 @click.option("--checkpoint", type=click.Path(), default=None,
-              help="The export's checkpoint, if it moved (same sha256 required).")
+              help="The export's checkpoint (same sha256 required): needed for an export made "
+                   "with --checkpoint outside its folder, whose recorded path is never opened.")
 @click.option("--batch", type=int, default=None, callback=limits.BATCH.callback,
               help="Batch to run; must be the one DIRECTORY was exported for.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
