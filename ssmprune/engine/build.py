@@ -244,10 +244,6 @@ def check_fp8_targets(targets: Sequence[str]) -> None:
             "sm_120, or calibrate with --precision int8")
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())
-
-
 def _ptx_text(version: Optional[int]) -> Optional[str]:
     if version is None:
         return None
@@ -328,7 +324,7 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
                 "ssmprune does not build version-compatible engines with plugin layers (the "
                 "lean runtime cannot load Python plugins); build with --no-plugins")
         model, lowered = drop_bodies(model, plugins), {}
-        if form == "aot" and _version_tuple(flavour.version) < (10, 10):
+        if form == "aot" and trt_mod.version_tuple(flavour.version) < (10, 10):
             model = nodes_named_by_op(model)
     else:
         plugins = []

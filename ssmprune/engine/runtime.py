@@ -26,10 +26,6 @@ PathLike = Union[str, os.PathLike]
 _DETECT = "detect"
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split(".") if p.isdigit())
-
-
 def check_tensorrt(manifest: EngineManifest, flavour: trt_mod.Flavour, name: str) -> None:
     """The installed flavour and version can run this engine."""
     built_flavour = manifest.tensorrt.get("flavour")
@@ -40,7 +36,7 @@ def check_tensorrt(manifest: EngineManifest, flavour: trt_mod.Flavour, name: str
                                   f"{flavour.display}: rebuild it here with `ssmprune build`")
     if built_version == flavour.version:
         return
-    have, was = _version_tuple(flavour.version), _version_tuple(built_version)
+    have, was = trt_mod.version_tuple(flavour.version), trt_mod.version_tuple(built_version)
     if manifest.version_compatible and have[:1] == was[:1] and have >= was:
         return  # a version-compatible engine runs on later versions of the same major
     raise EngineMismatchError(

@@ -108,6 +108,11 @@ class Flavour:
                 if m.startswith("SM")]
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.9.0.34"`` -> (10, 9, 0, 34), for comparing TensorRT versions."""
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
 def _import(name: str) -> Optional[Flavour]:
     try:
         module = importlib.import_module(FLAVOUR_MODULES[name])
