@@ -34,16 +34,11 @@ from timing import interleaved, machine  # noqa: E402
 from ssmprune.exporter import ExportOptions, export  # noqa: E402
 from ssmprune.exporter.bodies import selective_scan_function  # noqa: E402
 from ssmprune.exporter.manifest import MODEL_FILE  # noqa: E402
+from ssmprune.exporter.op_models import body_node_count, op_model, run_op_model  # noqa: E402
 from ssmprune.exporter.schemas import SELECTIVE_SCAN  # noqa: E402
 from ssmprune.parity.runners import onnxrt_session  # noqa: E402
 
 BODIES = {"chunked (old)": chunked_selective_scan_function, "Scan (new)": selective_scan_function}
-
-
-def node_count(function: onnx.FunctionProto) -> int:
-    """Nodes of a function, its subgraphs' (a Scan step's) included."""
-    return len(function.node) + sum(len(a.g.node) for n in function.node for a in n.attribute
-                                    if a.type == onnx.AttributeProto.GRAPH)
 
 
 def with_body(model: onnx.ModelProto, body) -> onnx.ModelProto:
@@ -58,7 +53,7 @@ def with_body(model: onnx.ModelProto, body) -> onnx.ModelProto:
 
 
 def bench_nodes() -> dict[str, int]:
-    counts = {name: node_count(body(20)) for name, body in BODIES.items()}
+    counts = {name: body_node_count(body(20)) for name, body in BODIES.items()}
     old, new = counts.values()
     print("| body | nodes in one SelectiveScan body |\n|---|---|")
     for name, n in counts.items():

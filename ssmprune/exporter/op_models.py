@@ -48,3 +48,9 @@ def run_op_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     return session.run(None, inputs)
+
+
+def body_node_count(function: FunctionProto) -> int:
+    """Nodes of a body function, those of its subgraphs (a Scan's step) included."""
+    return len(function.node) + sum(len(a.g.node) for n in function.node for a in n.attribute
+                                    if a.type == onnx.AttributeProto.GRAPH)

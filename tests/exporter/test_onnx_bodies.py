@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from ssmprune.exporter.bodies import BODIES, selective_scan_function, token_gather_function
-from ssmprune.exporter.op_models import op_model, run_op_model
+from ssmprune.exporter.op_models import body_node_count, op_model, run_op_model
 from ssmprune.exporter.schemas import GATHER_OUTPUTS, SCAN_OUTPUTS, SELECTIVE_SCAN, TOKEN_GATHER
 from ssmprune.parity.references import REFERENCES
 
@@ -99,16 +99,10 @@ def test_selective_scan_body_fp16():
                        SCAN_OUTPUTS, rtol=2e-3)
 
 
-def _node_count(function: onnx.FunctionProto) -> int:
-    """Nodes of a function, those of its subgraphs (a Scan's step) included."""
-    return len(function.node) + sum(len(a.g.node) for n in function.node for a in n.attribute
-                                    if a.type == onnx.AttributeProto.GRAPH)
-
-
 def test_selective_scan_body_is_a_small_graph():
     # The chunked, unrolled body this replaced had 404 nodes (benchmarks/RESULTS.md); a
     # TensorRT build and an ONNX Runtime session pay for each of them, 48 times in Vim-S.
-    assert _node_count(selective_scan_function(20)) <= 43
+    assert body_node_count(selective_scan_function(20)) <= 43
 
 
 def gather_inputs(b, m, tail=(6,), seed=0, ties=False, dtype=np.float32):
