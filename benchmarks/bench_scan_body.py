@@ -63,8 +63,6 @@ def bench_nodes() -> dict[str, int]:
 
 
 def check_causality() -> None:
-    from ssmprune.exporter.op_models import op_model, run_op_model
-
     rng = np.random.default_rng(0)
     b, d, length, n, t = 1, 4, 70, 8, 40
 
