@@ -137,7 +137,7 @@ def kernels(quick: bool, work_dir: Path) -> Outcome:
 
     from ssmprune.ops.selective_scan import selective_scan_ref
     from ssmprune.ops.token_gather import token_gather_ref
-    from ssmprune.plugins.triton import selective_scan, token_gather
+    from ssmprune.ops.triton import selective_scan, token_gather
 
     rows, worst = [], {d: 0.0 for d in SCAN_TOL}
     for i, c in enumerate(scan_cases(quick)):
@@ -250,7 +250,7 @@ def bandwidth(quick: bool, work_dir: Path) -> Outcome:
     """The scan's achieved bandwidth at Vim-S sizes, batch 64, against a device copy."""
     import torch
 
-    from ssmprune.plugins.triton import selective_scan
+    from ssmprune.ops.triton import selective_scan
 
     repeats = 5 if quick else 20
     mib = COPY_MIB[quick]

@@ -1,9 +1,10 @@
 """Running a model for ``ssmprune run``: the PyTorch reference, or an exported file.
 
-The reference is built by name (weights, timing, top-k). An export folder (or
-its .onnx) runs in ONNX Runtime and an engine from ``ssmprune build`` in
-TensorRT, both through the parity runners (``ssmprune.parity.runners``), with
-images preprocessed as the export's manifest says. Exported files have a
+The reference is built by name (``ssmprune.models.construct``); this module
+times it and ranks its classes. An export folder (or its .onnx) runs in ONNX
+Runtime and an engine from ``ssmprune build`` in TensorRT, both through the
+parity runners (``ssmprune.parity.runners``), with images preprocessed as the
+export's manifest says. Exported files have a
 static batch: ``timed_batches`` pads the last batch with its last image and
 returns only the real images' outputs.
 """
@@ -14,43 +15,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ssmprune.errors import BadInputFileError
-from ssmprune.models import create_model, load_checkpoint
-from ssmprune.models.digits import embedded_weights
 
 if TYPE_CHECKING:
     from polygraphy.backend.base import BaseRunner
 
     from ssmprune.exporter.manifest import Manifest
     from ssmprune.parity.runners import Runtime
-
-DEFAULT_SEED = 0
-
-
-def build_model(name: str, checkpoint: Optional[str] = None, seed: int = DEFAULT_SEED,
-                **overrides) -> tuple[nn.Module, str]:
-    """A model with a checkpoint's weights, the embedded weights of a digits model
-    when no checkpoint is given, or else seeded random weights.
-
-    Returns the model in eval mode and a short description of its weights.
-    """
-    torch.manual_seed(seed)
-    model = create_model(name, **overrides)
-    if checkpoint is None:
-        checkpoint = embedded_weights(name)
-        if checkpoint is None:
-            return model, f"seeded random weights (seed {seed}): no pretrained checkpoint given"
-        load_checkpoint(model, checkpoint)
-        return model, f"embedded weights {checkpoint.name} (trained on scikit-learn digits)"
-    load_checkpoint(model, checkpoint)
-    return model, f"weights from {checkpoint}"
-
 
 @torch.inference_mode()
 def timed_forward(model: nn.Module, x: Tensor, repeats: int = 3) -> tuple[Tensor, list[float]]:

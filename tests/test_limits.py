@@ -17,6 +17,7 @@ import pytest
 import ssmprune.exporter
 import ssmprune.exporter.manifest
 import ssmprune.models
+import ssmprune.models.construct
 import ssmprune.parity.compare
 import ssmprune.predict
 from cli_helpers import assert_one_line_error, invoke
@@ -34,7 +35,7 @@ def _reached(*args, **kwargs):
 def no_work(monkeypatch):
     """Every library entry point the commands call fails the test if reached."""
     monkeypatch.setattr(ssmprune.models, "create_model", _reached)
-    monkeypatch.setattr(ssmprune.predict, "build_model", _reached)
+    monkeypatch.setattr(ssmprune.models.construct, "build_model", _reached)
     monkeypatch.setattr(ssmprune.predict, "load_deployed", _reached)
     monkeypatch.setattr(ssmprune.parity.compare, "run_parity", _reached)
     monkeypatch.setattr(ssmprune.exporter, "export", _reached)

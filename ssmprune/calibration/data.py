@@ -283,3 +283,14 @@ class _Bound:
 
     def load(self, limit: Optional[int] = None) -> Samples:
         return self.fn(limit)
+
+
+def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """(n, ...) -> chunks of exactly ``batch``; the last is padded with its first sample."""
+    out = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
+        out.append(np.ascontiguousarray(chunk))
+    return out

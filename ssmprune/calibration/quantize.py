@@ -31,7 +31,7 @@ import onnx
 from pydantic import with_config
 from typing_extensions import TypedDict
 
-from ssmprune.calibration.data import Samples
+from ssmprune.calibration.data import Samples, batches
 from ssmprune.calibration.fp8 import FP8_MIN_OPSET, fp8_from_int8, qdq_types
 from ssmprune.calibration.qdq import (
     QUANTIZED_OPS,
@@ -146,17 +146,6 @@ class _Reader:
 
     def rewind(self) -> None:
         self.done = 0
-
-
-def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
-    """(n, ...) -> chunks of exactly ``batch``; the last is padded with its first sample."""
-    out = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        if len(chunk) < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
-        out.append(np.ascontiguousarray(chunk))
-    return out
 
 
 def check_samples(samples: Samples, manifest: Manifest, what: str = "calibration set") -> None:

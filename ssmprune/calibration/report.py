@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ssmprune.calibration.data import Samples
+from ssmprune.calibration.data import Samples, batches
 from ssmprune.exporter.manifest import Manifest
 
 
@@ -33,7 +33,6 @@ def run_onnx(path: Path, x: np.ndarray, input_name: str, batch: int,
              threads: int = 0) -> dict[str, np.ndarray]:
     """All outputs of the ONNX file at ``path`` on x (n, ...), in static batches of ``batch``
     (CPU provider, ``onnxrt_session``'s options)."""
-    from ssmprune.calibration.quantize import batches
     from ssmprune.parity.runners import CPU_PROVIDER, onnxrt_session
 
     session = onnxrt_session(path, threads, providers=[CPU_PROVIDER])

@@ -45,8 +45,8 @@ from ssmprune.exporter.manifest import (
     write_export,
 )
 from ssmprune.exporter.progress import Steps
+from ssmprune.models.construct import DEFAULT_SEED, build_model
 from ssmprune.models.digits import embedded_weights
-from ssmprune.predict import DEFAULT_SEED, build_model
 from ssmprune.pruning import PruneConfig
 
 PRECISIONS = ("fp32", "fp16")

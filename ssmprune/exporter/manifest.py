@@ -14,7 +14,7 @@ fields against each other (input shape against batch and config, overrides
 against config); every listed file inside the folder with its size and
 sha256, ``model.onnx`` listed; then ``model.onnx`` against the fields:
 ssmprune's mark, its input and outputs (names, shapes, types) and the
-precision it carries (``engine.build.onnx_precision``, the one the engine
+precision it carries (``exporter.precision.onnx_precision``, the one the engine
 builder reads). Only then do ``run``, ``parity``, ``build`` and
 ``calibrate`` use it.
 
@@ -347,9 +347,9 @@ def _describe(spec: dict[str, Any]) -> str:
 
 def check_model_against_manifest(model, manifest: Manifest, path: Path) -> None:
     """``model`` (the ONNX at ``path``) has the input, outputs and precision ``manifest``
-    records; else one line. The precision is what ``engine.build.onnx_precision`` reads
+    records; else one line. The precision is what ``exporter.precision.onnx_precision`` reads
     (the engine builder's own reading of it, imported here where it is needed)."""
-    from ssmprune.engine.build import onnx_precision
+    from ssmprune.exporter.precision import onnx_precision
 
     inputs, outputs = _graph_io(model)
     if len(inputs) != 1 or inputs[0] != manifest.input:

@@ -1,7 +1,7 @@
-"""Fast implementations of the two ops for deployment.
+"""TensorRT plugins of the two ops.
 
-``plugins.triton`` holds the Triton kernels of ``ssmprune::selective_scan`` and
-``ssmprune::token_gather`` with their host launchers; ``plugins.tensorrt`` the
-TensorRT plugins that launch the same kernels (Python IPluginV3, and the
-decorator form with ahead-of-time kernels).
+``plugins.tensorrt`` holds the TensorRT plugins (Python IPluginV3, and the
+decorator form with ahead-of-time kernels) that launch the Triton kernels of
+``ssmprune.ops.triton``; ``forms`` and ``ptx`` choose the plugin form and the
+PTX ISA an engine's kernels carry.
 """

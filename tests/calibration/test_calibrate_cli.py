@@ -11,7 +11,7 @@ from PIL import Image
 
 from exporter.export_cases import exports  # noqa: F401  (session fixture)
 from ssmprune.cli import SummaryGroup
-from ssmprune.commands_calibrate import register
+from ssmprune.cli.calibrate import register
 
 
 @click.group(cls=SummaryGroup)

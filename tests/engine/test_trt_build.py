@@ -24,10 +24,10 @@ from onnx import TensorProto, helper
 
 from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture)
 from ssmprune.cli import SummaryGroup
-from ssmprune.commands_engine import register
+from ssmprune.cli.engine import register
 from ssmprune.engine import trt as trt_mod
-from ssmprune.engine.build import (BuildOptions, OnnxPrecision, build_engine,
-                                   check_fp8_targets, onnx_precision, resolve_precision)
+from ssmprune.engine.build import BuildOptions, build_engine, check_fp8_targets, resolve_precision
+from ssmprune.exporter.precision import OnnxPrecision, onnx_precision
 from ssmprune.engine.errors import (EngineBuildError, PluginUnavailableError,
                                     TensorRTUnavailableError, UnsupportedBuildOptionError)
 from ssmprune.engine.manifest import read_manifest, verify_engine_file
@@ -484,7 +484,7 @@ def test_probe_python_plugin_in_a_subprocess():
 
 def test_help_is_fast_and_lists_options():
     result = subprocess.run([sys.executable, "-c",
-                             "import sys; from ssmprune.commands_engine import build; "
+                             "import sys; from ssmprune.cli.engine import build; "
                              "build.main(['--help'], standalone_mode=False); "
                              "sys.exit('tensorrt_rtx_bindings' in sys.modules)"],
                             capture_output=True, text=True, cwd=REPO)

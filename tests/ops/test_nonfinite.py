@@ -40,7 +40,7 @@ from ssmprune.exporter.op_models import op_model, run_op_model
 from ssmprune.exporter.schemas import SCAN_INPUTS, SCAN_OUTPUTS, SELECTIVE_SCAN
 from ssmprune.ops import cpu_kernel
 from ssmprune.ops.selective_scan import selective_scan_chunked, selective_scan_ref
-from ssmprune.plugins.triton.selective_scan import selective_scan as selective_scan_triton
+from ssmprune.ops.triton.selective_scan import selective_scan as selective_scan_triton
 
 TOKEN_INPUTS = ("u", "delta", "z", "B", "C")
 CHANNEL_INPUTS = ("A", "delta_bias", "D")

@@ -18,9 +18,9 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-# plugins.triton imports the ops package back: either import order registers both ops.
+# ops.triton imports the ops package back: either import order registers both ops.
 @pytest.mark.parametrize("module", ["ssmprune.ops",
-                                    pytest.param("ssmprune.plugins.triton", marks=needs_triton)])
+                                    pytest.param("ssmprune.ops.triton", marks=needs_triton)])
 def test_importing_registers_both_ops(module):
     result = _python(f"import torch, {module}\n"
                      "print(torch.ops.ssmprune.selective_scan.default, "

@@ -32,7 +32,7 @@ from ssmprune.exporter.schemas import DOMAIN, GATHER_ATTRIBUTES, SCAN_ATTRIBUTES
 from ssmprune.plugins import tensorrt as trt_plugins
 from ssmprune.plugins.tensorrt import quick
 from ssmprune.plugins import ptx
-from ssmprune.plugins.triton import aot
+from ssmprune.ops.triton import aot
 
 #: A CUDA 12.4 driver, common on data-centre machines: kernels capped at PTX 8.4.
 DRIVER = (12, 4)

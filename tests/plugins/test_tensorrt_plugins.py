@@ -27,7 +27,7 @@ from ssmprune.plugins.tensorrt.selective_scan import SPEC as SCAN
 from ssmprune.plugins.tensorrt.spec import gather_output_dims
 from ssmprune.plugins.tensorrt.token_gather import SPEC as GATHER
 from ssmprune.plugins.tensorrt.v3 import field_collection, fields_to_dict, plugin_classes
-from ssmprune.plugins.triton import aot
+from ssmprune.ops.triton import aot
 
 FLAVOUR = trt_mod.installed()
 needs_trt = pytest.mark.skipif(
@@ -263,7 +263,7 @@ def test_plugin_engine_matches_torch(case, form, tmp_path, monkeypatch):
 
 
 def test_aot_refuses_an_integer_argument_tensorrt_cannot_pass():
-    from ssmprune.plugins.triton.selective_scan import selective_scan_launch
+    from ssmprune.ops.triton.selective_scan import selective_scan_launch
 
     kw = make_inputs(1, 8, 5, 4, seed=0)
     launch = selective_scan_launch(**kw, out=torch.empty_like(kw["u"]))

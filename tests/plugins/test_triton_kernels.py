@@ -15,12 +15,12 @@ from ssmprune.models import create_model
 from ssmprune.ops.selective_scan import selective_scan_ref
 from ssmprune.ops.token_gather import token_gather_ref
 from ssmprune.plugins import triton as triton_plugins
-from ssmprune.plugins.triton import aot
-from ssmprune.plugins.triton.runtime import Launch
-from ssmprune.plugins.triton.selective_scan import KERNEL as SCAN_KERNEL
-from ssmprune.plugins.triton.selective_scan import selective_scan_launch
-from ssmprune.plugins.triton.token_gather import KERNEL as GATHER_KERNEL
-from ssmprune.plugins.triton.token_gather import token_gather_launch
+from ssmprune.ops.triton import aot
+from ssmprune.ops.triton.runtime import Launch
+from ssmprune.ops.triton.selective_scan import KERNEL as SCAN_KERNEL
+from ssmprune.ops.triton.selective_scan import selective_scan_launch
+from ssmprune.ops.triton.token_gather import KERNEL as GATHER_KERNEL
+from ssmprune.ops.triton.token_gather import token_gather_launch
 from ssmprune.pruning import PruneConfig
 
 requires_cuda = pytest.mark.skipif(

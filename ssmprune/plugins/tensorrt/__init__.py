@@ -1,5 +1,5 @@
 """ssmprune's TensorRT plugins: ``SelectiveScan`` and ``TokenGather``, namespace
-``ssmprune``, version 1, launching the Triton kernels of ``plugins.triton``.
+``ssmprune``, version 1, launching the Triton kernels of ``ops.triton``.
 
 Two forms of the same ops, from one contract per op (``selective_scan``,
 ``token_gather``, built on ``spec``):

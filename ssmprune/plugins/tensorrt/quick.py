@@ -9,7 +9,7 @@ engine then holds the kernels and runs without Python.
 
 The exported graphs have static shapes, so every size is a build-time
 constant: the kernel is specialised on them exactly as a launch from Python
-would be (``plugins.triton.aot.compile_for_cuda``), and a dynamic dimension is
+would be (``ops.triton.aot.compile_for_cuda``), and a dynamic dimension is
 refused. Needs TensorRT >= 10.9 (``tensorrt.plugin.aot_impl``) and a GPU to
 build on; nothing here runs under TensorRT-RTX, which has no ``plugin``
 module. The signatures are spelled out per op because TensorRT reads each
@@ -34,7 +34,7 @@ from ssmprune.plugins.tensorrt.selective_scan import SPEC as SCAN
 from ssmprune.plugins.tensorrt.spec import NAMESPACE, TYPE_CLASSES, OpSpec
 from ssmprune.plugins.tensorrt.token_gather import SPEC as GATHER
 from ssmprune.plugins import ptx
-from ssmprune.plugins.triton import aot
+from ssmprune.ops.triton import aot
 
 #: spec type names -> the names of ``tensorrt.plugin.AutoTuneCombination``.
 QDP_TYPES = {"fp32": "FP32", "fp16": "FP16", "bf16": "BF16", "int32": "INT32", "int64": "INT64"}

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from ssmprune.exporter.schemas import SCAN_ATTRIBUTES, SCAN_OUTPUTS, SELECTIVE_SCAN
 from ssmprune.plugins.tensorrt.spec import OpSpec, scan_output_dims
-from ssmprune.plugins.triton.runtime import Launch
-from ssmprune.plugins.triton.selective_scan import BLOCK_D_CUDA, selective_scan_launch
+from ssmprune.ops.triton.runtime import Launch
+from ssmprune.ops.triton.selective_scan import BLOCK_D_CUDA, selective_scan_launch
 
 # u, delta, z: (b d l) T; A: (d n) fp32; B, C: (b n l) T; D, delta_bias: (d) fp32;
 # gap: (b l) int32/int64; y: (b d l) T.

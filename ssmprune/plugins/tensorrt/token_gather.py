@@ -8,8 +8,8 @@ from torch import Tensor
 
 from ssmprune.exporter.schemas import GATHER_ATTRIBUTES, TOKEN_GATHER
 from ssmprune.plugins.tensorrt.spec import OpSpec, gather_output_dims
-from ssmprune.plugins.triton.runtime import Launch
-from ssmprune.plugins.triton.token_gather import BLOCK_C_CUDA, _rows, token_gather_launch
+from ssmprune.ops.triton.runtime import Launch
+from ssmprune.ops.triton.token_gather import BLOCK_C_CUDA, _rows, token_gather_launch
 
 
 def make_launch(inputs: Sequence[Tensor], outputs: Sequence[Tensor],

@@ -31,7 +31,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmprune.ops.selective_scan import _check_shapes
-from ssmprune.plugins.triton.runtime import ADD, COMPILE_OPTIONS, Kernel, Launch, interpreting
+from ssmprune.ops.triton.runtime import ADD, COMPILE_OPTIONS, Kernel, Launch, interpreting
 
 
 def _selective_scan_kernel(

@@ -1,6 +1,6 @@
 """Click command over ``ssmprune.doctor``: ``doctor``.
 
-``cli.py`` adds it with ``register(main)``. The probes (torch, TensorRT, ...) are
+``ssmprune.cli`` adds it with ``register(main)``. The probes (torch, TensorRT, ...) are
 imported inside the command, so ``--help`` stays instant.
 """
 

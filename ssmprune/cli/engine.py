@@ -1,6 +1,6 @@
 """Click commands over ``ssmprune.engine``: ``build``.
 
-``cli.py`` adds them with ``register(main)``. Heavy imports (onnx, TensorRT)
+``ssmprune.cli`` adds them with ``register(main)``. Heavy imports (onnx, TensorRT)
 happen inside the commands, so ``--help`` stays instant.
 """
 

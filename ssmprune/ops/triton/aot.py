@@ -28,7 +28,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, CompiledKernel, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from ssmprune.plugins.triton.runtime import Launch
+from ssmprune.ops.triton.runtime import Launch
 
 # sm_90: H100 / H200, the GPUs this project is measured on.
 DEFAULT_ARCH = 90

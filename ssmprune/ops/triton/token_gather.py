@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ssmprune.ops.token_gather import _check
-from ssmprune.plugins.triton.runtime import ADD, COMPILE_OPTIONS, Kernel, Launch, interpreting
+from ssmprune.ops.triton.runtime import ADD, COMPILE_OPTIONS, Kernel, Launch, interpreting
 
 
 def _token_gather_kernel(

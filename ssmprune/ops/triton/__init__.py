@@ -14,8 +14,8 @@ import torch
 
 from ssmprune.ops.selective_scan import OP_NAME as SCAN_OP
 from ssmprune.ops.token_gather import OP_NAME as GATHER_OP
-from ssmprune.plugins.triton.selective_scan import selective_scan
-from ssmprune.plugins.triton.token_gather import token_gather
+from ssmprune.ops.triton.selective_scan import selective_scan
+from ssmprune.ops.triton.token_gather import token_gather
 
 __all__ = ["selective_scan", "token_gather"]
 

@@ -1,0 +1,5 @@
+"""``python -m ssmprune.cli``."""
+
+from ssmprune.cli import main
+
+main()
