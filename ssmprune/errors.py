@@ -28,3 +28,7 @@ class CheckpointError(SsmpruneError):
 
 class BadInputFileError(SsmpruneError):
     """A file that is missing, unreadable, truncated or of the wrong kind."""
+
+
+class OutputPathError(SsmpruneError):
+    """An output path that cannot be written, or that would overwrite an input."""

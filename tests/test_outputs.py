@@ -1,0 +1,161 @@
+"""ssmprune.outputs: output paths checked before any work, written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ssmprune import outputs
+from ssmprune.errors import OutputPathError
+from ssmprune.exporter.manifest import MANIFEST_FILE
+from ssmprune.interrupt import Interrupted
+from ssmprune.outputs import atomic_dir, atomic_file, prepare_output
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("path", ["", " "])
+def test_empty_output_is_refused(path):
+    with pytest.raises(OutputPathError, match="--report is empty"):
+        prepare_output(path, "file", option="--report")
+
+
+def test_file_output_that_is_a_folder_is_refused(tmp_path):
+    with pytest.raises(OutputPathError, match="is a folder; give a file path"):
+        prepare_output(tmp_path, "file")
+
+
+def test_dir_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputPathError, match="exists and is not a folder"):
+        prepare_output(tmp_path / "f", "dir")
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_output_under_a_file_is_refused(tmp_path, kind):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputPathError, match="which is a file, not a folder"):
+        prepare_output(tmp_path / "f" / "sub" / "out", kind)
+
+
+def test_special_file_is_refused():
+    with pytest.raises(OutputPathError, match="not a regular file"):
+        prepare_output("/dev/null", "file")
+
+
+def test_unwritable_folder_is_refused(tmp_path, monkeypatch):
+    # Root writes anywhere, so the permission is faked where the tests run as root.
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(outputs.os, "access",
+                            lambda p, mode: False if os.fspath(p) == str(folder) else real(p, mode))
+    with pytest.raises(OutputPathError, match="permission denied"):
+        prepare_output(folder / "out.png", "file")
+
+
+def test_nul_and_too_long_paths_are_one_line(tmp_path):
+    with pytest.raises(OutputPathError, match="NUL"):
+        prepare_output(str(tmp_path / "a\0b"), "file")
+    with pytest.raises(OutputPathError, match="File name too long"):
+        prepare_output(tmp_path / ("x" * 300) / "out", "dir")
+
+
+@pytest.mark.parametrize("make_input, output, relation", [
+    (lambda d: d / "x", lambda d: d / "x", "is the input"),
+    (lambda d: d / "x", lambda d: d / "x" / "sub", "lies inside the input"),
+    (lambda d: d / "x" / "model.onnx", lambda d: d / "x", "holds the input"),
+    (lambda d: d / "x" / "model.onnx", lambda d: d / "x" / ".." / "x", "holds the input"),
+])
+def test_an_output_may_not_overwrite_an_input(tmp_path, make_input, output, relation):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "model.onnx").write_text("x")
+    with pytest.raises(OutputPathError, match=f"{relation} .*may not overwrite an input"):
+        prepare_output(output(tmp_path), "dir", inputs=[make_input(tmp_path)])
+
+
+def test_a_good_output_is_returned_and_nothing_is_made(tmp_path):
+    assert prepare_output(tmp_path / "a" / "b" / "out.png", "file",
+                          inputs=[tmp_path / "in.png"]) == tmp_path / "a" / "b" / "out.png"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_writes_whole_or_nothing(tmp_path):
+    target = tmp_path / "new" / "out.bin"
+    with atomic_file(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.")
+        tmp.write_bytes(b"abc")
+    assert target.read_bytes() == b"abc"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("failed")
+    assert target.read_bytes() == b"abc" and _leftovers(target.parent) == []
+
+
+@pytest.mark.parametrize("atomic", [atomic_file, atomic_dir])
+def test_interrupted_write_leaves_nothing_not_even_its_parents(tmp_path, atomic):
+    with pytest.raises(Interrupted):
+        with atomic(tmp_path / "a" / "b" / "out") as tmp:
+            if tmp.is_dir():
+                (tmp / "model.onnx").write_bytes(b"x")
+            raise Interrupted(2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_new_and_existing(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "model.onnx").write_bytes(b"1")
+        (tmp / MANIFEST_FILE).write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, "model.onnx"]
+    (out / "notes.txt").write_text("kept")
+    with atomic_dir(out) as tmp:
+        (tmp / MANIFEST_FILE).write_text("{}")
+        (tmp / "model.onnx").write_bytes(b"2")
+    assert (out / "model.onnx").read_bytes() == b"2" and (out / "notes.txt").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_manifest_is_committed_last(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    order = []
+    real = os.replace
+    monkeypatch.setattr(outputs.os, "replace",
+                        lambda a, b: (order.append(os.path.basename(b)), real(a, b)))
+    with atomic_dir(out) as tmp:
+        (tmp / MANIFEST_FILE).write_text("{}")
+        (tmp / "model.onnx").write_bytes(b"2")
+        (tmp / "report.json").write_text("{}")
+    assert order[-1] == MANIFEST_FILE == outputs.COMMIT_LAST
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path, kind):
+    stale = tmp_path / f".out.{_dead_pid()}-0123abcd.tmp"
+    live = tmp_path / f".out.{os.getppid()}-0123abcd.tmp"  # pytest's parent: alive
+    other = tmp_path / ".out.x.1-0123abcd.tmp"  # a temporary of `out.x`, not of `out`
+    for p in (stale, live, other):
+        p.mkdir() if kind == "dir" else p.write_text("x")
+    prepare_output(tmp_path / "out", kind)
+    assert not stale.exists() and live.exists() and other.exists()
+    stale.mkdir() if kind == "dir" else stale.write_text("x")
+    writer = atomic_dir if kind == "dir" else atomic_file
+    with writer(tmp_path / "out"):
+        pass
+    assert not stale.exists() and live.exists()
