@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from ssmprune.cli import calibrate, doctor, engine, export, measure, models, parity, run
+from ssmprune.cli import calibrate, doctor, engine, export, measure, models, parity, run, ship
 from ssmprune.cli.group import USER_ERROR_EXIT, SummaryGroup
 
 __all__ = ["main", "SummaryGroup", "USER_ERROR_EXIT"]
@@ -24,5 +24,5 @@ def main() -> None:
     """Deploy token-pruned vision state space models (Vim, PlainMamba)."""
 
 
-for _family in (models, run, export, parity, calibrate, engine, doctor, measure):
+for _family in (models, run, export, parity, calibrate, engine, doctor, measure, ship):
     _family.register(main)
