@@ -12,19 +12,33 @@ TensorRT build (TensorRT logs a ``KeyboardInterrupt`` raised in one of its
 Python callbacks and builds on). Inside it the handler only records the
 signal; ``requested()`` lets a polling callback see it (the build's progress
 monitor then cancels the build) and the stretch's end raises it.
+
+``cancellable()`` is ``deferred()`` for a native call that may not poll for
+minutes: TensorRT-RTX compiles an engine in one builder step, with no
+callback in between. A thread sees the signal at once (``signal.set_wakeup_fd``:
+the call releases the GIL, but Python runs handlers only between bytecodes of
+the main thread) and, when the call has not ended ``grace`` seconds later,
+ends the process: the hook of ``handled()`` prints the interruption, then
+``os._exit(128 + signal)``.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import signal
+import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Seconds a cancellable() call has to end after a signal before the process is ended.
+CANCEL_GRACE_S = 2.0
 
 _deferring = 0  # depth of nested deferred() blocks
 _pending: Optional[int] = None  # the first signal received while deferring
+_on_forced_exit: Optional[Callable[["Interrupted"], None]] = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -52,18 +66,22 @@ def _handler(signum: int, frame) -> None:
 
 
 @contextmanager
-def handled() -> Iterator[None]:
+def handled(on_forced_exit: Optional[Callable[[Interrupted], None]] = None) -> Iterator[None]:
     """SIGINT and SIGTERM raise ``Interrupted`` inside the block (main thread only: Python
-    runs signal handlers there; elsewhere the block runs unchanged)."""
+    runs signal handlers there; elsewhere the block runs unchanged). ``on_forced_exit``
+    reports an interruption that ``cancellable()`` ends with ``os._exit``."""
+    global _on_forced_exit, _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
         signal.signal(s, _handler)
+    _on_forced_exit = on_forced_exit
     try:
         yield
     finally:
+        _on_forced_exit = _pending = None
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
@@ -86,3 +104,55 @@ def deferred() -> Iterator[None]:
 def requested() -> Optional[int]:
     """The signal received inside the current ``deferred()`` block, if any."""
     return _pending
+
+
+@contextmanager
+def cancellable(grace: float = CANCEL_GRACE_S) -> Iterator[None]:
+    """``deferred()`` that ends the process when the block has not ended ``grace`` seconds
+    after a signal (see the module docstring). It must not enclose an open atomic write:
+    ``os._exit`` runs no cleanup. Without ``handled()`` (no handler of ours) it is
+    ``deferred()``."""
+    if signal.getsignal(signal.SIGINT) is not _handler \
+            or threading.current_thread() is not threading.main_thread():
+        with deferred():
+            yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(read_fd, done, grace), daemon=True,
+                               name="ssmprune-interrupt")
+    watcher.start()
+    try:
+        with deferred():
+            yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous)
+        watcher.join()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def _watch(read_fd: int, done: threading.Event, grace: float) -> None:
+    global _pending
+    while not done.is_set():
+        ready, _, _ = select.select([read_fd], [], [], 0.1)
+        if not ready:
+            continue
+        signals = [s for s in os.read(read_fd, 64) if s in SIGNALS]
+        if not signals:
+            continue
+        _pending = _pending or signals[0]
+        if not done.wait(grace):
+            _forced_exit(_pending)
+
+
+def _forced_exit(signum: int) -> None:
+    interrupted = Interrupted(signum)
+    if _on_forced_exit is not None:
+        _on_forced_exit(interrupted)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(interrupted.exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
 from ssmprune.errors import ConfigError
+from ssmprune.outputs import atomic_file
 from ssmprune.pruning.record import RecordKept
 
 DIM = 0.2
@@ -59,18 +59,10 @@ def render(image: Image.Image, masks: list[np.ndarray], labels: list[str]) -> Im
 
 
 def save_png(img: Image.Image, path: str | os.PathLike) -> Path:
-    """Write a PNG atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Write a PNG whole or not at all (``outputs.atomic_file``)."""
+    with atomic_file(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def stage_labels(model: nn.Module, masks: list[np.ndarray]) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 
 import pytest
+from exporter.export_cases import vim_digits_export  # noqa: F401  (session fixture)
 
+from cli_helpers import assert_one_line_error, invoke
 from ssmprune import outputs
 from ssmprune.errors import OutputPathError
 from ssmprune.exporter.manifest import MANIFEST_FILE
@@ -159,3 +162,77 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path, kind):
     with writer(tmp_path / "out"):
         pass
     assert not stale.exists() and live.exists()
+
+
+# Issue 15, "Output paths": every command checks its outputs before any work, in one line.
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Building a model, calibrating or building an engine fails the test: a bad output
+    path must be refused before any of it starts."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    for module, name in (("ssmprune.models.construct", "build_model"),
+                         ("ssmprune.exporter.export", "build_model"),
+                         ("ssmprune.calibration", "calibrate"),
+                         ("ssmprune.engine.save", "build_engine")):
+        monkeypatch.setattr(importlib.import_module(module), name, forbidden)
+
+
+def _snapshot(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _cases(d, export):
+    """(command line, fragments of its one error line) with outputs under ``d``."""
+    (d / "dir").mkdir()
+    (d / "file").write_text("x")
+    (d / "image.png").write_bytes(b"not read")
+    (d / "engine.json").mkdir()
+    calibrate = ["calibrate", export, "--data", "digits:train", "--samples", 2]
+    return {
+        "visualize-dir": (["visualize", "vim_digits", "-o", d / "dir"], ["-o", "is a folder"]),
+        "visualize-under-file": (["visualize", "vim_digits", "-o", d / "file" / "x.png"],
+                                 ["-o", "which is a file, not a folder"]),
+        "visualize-empty": (["visualize", "vim_digits", "-o", ""], ["-o is empty"]),
+        "visualize-own-image": (["visualize", "vim_digits", d / "image.png", "-o",
+                                 d / "image.png"], ["is the input", "may not overwrite"]),
+        "export-empty": (["export", "vim_digits", "-o", ""], ["-o is empty"]),
+        "export-under-file": (["export", "vim_digits", "-o", d / "file" / "sub"],
+                              ["which is a file, not a folder"]),
+        "export-file": (["export", "vim_digits", "-o", d / "file"], ["not a folder"]),
+        "calibrate-report-dir": ([*calibrate, "-o", d / "int8", "--report", d / "dir"],
+                                 ["--report", "is a folder"]),
+        "calibrate-report-under-file": ([*calibrate, "-o", d / "int8", "--report",
+                                         d / "file" / "r.json"], ["--report", "which is a file"]),
+        "calibrate-report-in-output": ([*calibrate, "-o", d / "int8", "--report",
+                                        d / "int8" / "report.json"], ["--report", "-o"]),
+        "calibrate-over-its-input": ([*calibrate, "-o", export], ["holds the input",
+                                                                  "may not overwrite"]),
+        "calibrate-empty": ([*calibrate, "-o", ""], ["-o is empty"]),
+        "build-manifest-dir": (["build", export, "--no-plugins", "-o", d / "engine"],
+                               ["engine.json is a folder"]),
+        "build-dir": (["build", export, "--no-plugins", "-o", d / "dir"], ["is a folder"]),
+        "build-over-its-onnx": (["build", export / "model.onnx", "--no-plugins", "-o",
+                                 export / "model.onnx"], ["is the input"]),
+        "build-empty": (["build", export, "--no-plugins", "-o", ""], ["-o is empty"]),
+    }
+
+
+CASES = ["visualize-dir", "visualize-under-file", "visualize-empty", "visualize-own-image",
+         "export-empty", "export-under-file", "export-file", "calibrate-report-dir",
+         "calibrate-report-under-file", "calibrate-report-in-output", "calibrate-over-its-input",
+         "calibrate-empty", "build-manifest-dir", "build-dir", "build-over-its-onnx",
+         "build-empty"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_outputs_are_one_line_before_any_work(case, tmp_path, vim_digits_export, no_work,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `-o ''` must not write into the working folder either
+    args, fragments = _cases(tmp_path, vim_digits_export)[case]
+    before, export_before = _snapshot(tmp_path), _snapshot(vim_digits_export)
+    result, _, stderr = invoke(*args)
+    assert_one_line_error(result, stderr, *fragments)
+    assert _snapshot(tmp_path) == before and _snapshot(vim_digits_export) == export_before

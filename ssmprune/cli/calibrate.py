@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,16 +17,24 @@ DIGITS_HOLDOUT = "digits:held_out"
 PHOTOS_HOLDOUT = "skimage"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _prepare_outputs(directory: str, data_spec: str, holdout, out_dir: str, report_path) -> None:
+    """Check -o and --report before any work (``outputs.prepare_output``): neither may
+    overwrite the export's files or the data (a folder or .npz given as --data / --holdout),
+    and the report goes outside the -o folder (which gets its own report.json)."""
+    from ssmprune.errors import OutputPathError
+    from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
+    from ssmprune.outputs import prepare_output
+
+    folder = Path(directory).parent if Path(directory).is_file() else Path(directory)
+    inputs = [folder / MODEL_FILE, folder / MANIFEST_FILE,
+              *(p for p in (data_spec, holdout) if p and os.path.exists(p))]
+    out = prepare_output(out_dir, "dir", inputs=inputs)
+    if report_path is None:
+        return
+    report = prepare_output(report_path, "file", inputs=inputs, option="--report")
+    if out.resolve() in report.resolve().parents:
+        raise OutputPathError(f"--report {report_path} lies inside the -o folder {out_dir}, "
+                              "which gets its own report.json: give a path outside it")
 
 
 def _default_holdout(model: str, data: str) -> str:
@@ -91,7 +98,9 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
     from ssmprune.calibration.report import table
     from ssmprune.errors import ConfigError
     from ssmprune.exporter.manifest import read_export
+    from ssmprune.outputs import atomic_file
 
+    _prepare_outputs(directory, data_spec, holdout, out_dir, report_path)
     if selection not in ("fp32", precision):
         raise ConfigError(f"--selection {selection} with --precision {precision}: use "
                           f"--selection fp32 or {precision}")
@@ -121,8 +130,9 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
 
         result = calibrate(directory, data, options, out_dir, held, _BarSteps(bar), progress)
     report = result.report
-    if report_path:
-        _write_atomic(Path(report_path), json.dumps(report, indent=2) + "\n")
+    if report_path is not None:
+        with atomic_file(report_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     q = result.manifest.quantization
     click.echo(f"wrote {result.directory / 'model.onnx'} ({precision}, {q['method']}, "
                f"{q['samples']} samples from {q['data']['source']}) and manifest.json")

@@ -20,7 +20,7 @@ def _targets(ctx, param, value):
 
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(), default=None,
               help="Engine file to write (default: the ONNX path with .engine); the manifest "
                    "goes next to it as ENGINE.json.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,

@@ -39,6 +39,9 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
     carry standard-op bodies, so ONNX Runtime runs the file as it is. Files
     are written atomically; on failure nothing is left behind.
     """
+    from ssmprune.outputs import prepare_output
+
+    prepare_output(out_dir, "dir", inputs=[checkpoint] if checkpoint else [])
     from ssmprune.exporter import ExportOptions
     from ssmprune.exporter import export as export_model
     from ssmprune.exporter.progress import RichSteps

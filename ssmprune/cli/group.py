@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import time
 
 import click
 
+from ssmprune import interrupt
 from ssmprune.errors import SsmpruneError
 
 USER_ERROR_EXIT = 2
 
 
 class SummaryGroup(click.Group):
-    """Runs a command, turns user errors into one line, ends with a summary."""
+    """Runs a command, turns user errors into one line, ends with a summary.
+
+    SIGINT and SIGTERM (``ssmprune.interrupt``) end a command as
+    ``error: interrupted (SIGINT)`` with the shell's status for that signal:
+    130 for SIGINT, 143 for SIGTERM (128 + its number), so a supervisor tells
+    a stop it asked for from a failure, and nothing the command was writing
+    is left behind.
+    """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["ssmprune.argv"] = list(args)
@@ -24,8 +33,18 @@ class SummaryGroup(click.Group):
         argv = ctx.meta.get("ssmprune.argv", [])
         command = " ".join(["ssmprune", *(shlex.quote(a) for a in argv)])
         status = "FAILED"
+
+        def summary(status: str) -> None:
+            click.echo(f"{status} | Runtime: {time.perf_counter() - start:.1f}s | "
+                       f"Command: {command}", err=True)
+
+        def forced_exit(err: interrupt.Interrupted) -> None:
+            click.echo(f"error: interrupted ({err.name})", err=True)
+            summary("FAILED")
+
         try:
-            result = super().invoke(ctx)
+            with interrupt.handled(on_forced_exit=forced_exit):
+                result = super().invoke(ctx)
             status = "PASSED"
             return result
         except click.exceptions.Exit as done:
@@ -35,7 +54,11 @@ class SummaryGroup(click.Group):
         except SsmpruneError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(USER_ERROR_EXIT)
+        except KeyboardInterrupt as err:
+            # A plain KeyboardInterrupt: a SIGINT before our handler was installed.
+            err = err if isinstance(err, interrupt.Interrupted) else interrupt.Interrupted(signal.SIGINT)
+            click.echo(f"error: interrupted ({err.name})", err=True)
+            ctx.exit(err.exit_code)
         finally:
             if ctx.invoked_subcommand is not None and status is not None:
-                click.echo(f"{status} | Runtime: {time.perf_counter() - start:.1f}s | "
-                           f"Command: {command}", err=True)
+                summary(status)

@@ -80,8 +80,10 @@ def visualize(model, image, preset, keep_ratio, prune_after, importance, alignme
     """
     from ssmprune.images import load_image, preprocess, resize_crop, sample_photo
     from ssmprune.models.construct import build_model
+    from ssmprune.outputs import prepare_output
     from ssmprune.visualize import kept_masks, render, save_png, stage_labels
 
+    prepare_output(output, "file", inputs=[p for p in (image, checkpoint) if p])
     prune = prune_arg(preset, keep_ratio, prune_after, importance, alignment)
     net, weights = build_model(model, checkpoint, seed, prune=prune, **overrides(img_size))
     cfg = net.config

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 
 import onnx
 
+from ssmprune import interrupt
 from ssmprune.engine import trt as trt_mod
 from ssmprune.engine.errors import (EngineBuildError, TensorRTUnavailableError,
                                     UnsupportedBuildOptionError)
@@ -241,7 +242,18 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
     standard-op bodies. Raises an ``SsmpruneError`` subclass for anything the
     user can change: missing TensorRT, unsupported option, precision mismatch,
     unavailable plugin, a graph TensorRT cannot parse or build.
+
+    SIGINT / SIGTERM stop it (``interrupt.Interrupted``): TensorRT swallows an
+    exception raised in its callbacks, so the signal is held
+    (``interrupt.cancellable``), the progress monitor cancels the build at its
+    next step, and a TensorRT-RTX compile step, which has no callback for
+    minutes, is ended with the process.
     """
+    with interrupt.cancellable():
+        return _build_engine(onnx_path, options, echo_level)
+
+
+def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str) -> BuiltEngine:
     onnx_path = Path(onnx_path)
     flavour = trt_mod.load(options.flavour)
     trt = flavour.trt
@@ -291,6 +303,8 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
                                f"{errors[0] if errors else 'no reason given'}"
                                f"{f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''}")
     config = builder.create_builder_config()
+    monitor = trt_mod.make_progress_monitor(flavour, interrupt.requested)
+    config.progress_monitor = monitor
     if flag is not None:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if carried.float_type == "fp32" and flag is None and hasattr(trt.BuilderFlag, "TF32"):

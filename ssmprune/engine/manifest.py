@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -50,6 +49,7 @@ from pydantic import AfterValidator, Field, with_config
 from typing_extensions import TypedDict
 
 from ssmprune.engine.errors import EngineFileError
+from ssmprune.outputs import atomic_file
 from ssmprune.exporter.manifest import PRECISIONS, Manifest
 from ssmprune.exporter.manifest import sha256_file  # noqa: F401  (one sha256 helper; re-exported)
 from ssmprune.manifest_schema import (
@@ -72,23 +72,10 @@ PathLike = Union[str, os.PathLike]
 
 
 def write_atomic(path: PathLike, data: Union[bytes, memoryview]) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` whole or not at all (``outputs.atomic_file``)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def manifest_path(engine_path: PathLike) -> Path:
@@ -207,13 +194,22 @@ class EngineManifest:
 
 def write_engine(engine_path: PathLike, engine: Union[bytes, memoryview],
                  manifest: EngineManifest) -> tuple[Path, Path]:
-    """Write the engine, then its manifest (both atomically); fills the engine's file fields."""
+    """Write the engine, then its manifest (both atomically); fills the engine's file fields.
+
+    Both are written before either is renamed into place, the engine first: an
+    interruption leaves the old pair, or a new engine that its missing or old
+    manifest does not vouch for (refused when read), never a manifest
+    describing a half-written engine.
+    """
     engine_path = Path(engine_path)
     data = memoryview(engine).cast("B")
-    write_atomic(engine_path, data)
     manifest.engine = {"file": engine_path.name, "bytes": data.nbytes,
                        "sha256": hashlib.sha256(data).hexdigest()}
-    mpath = write_atomic(manifest_path(engine_path), manifest.to_json().encode())
+    mpath = manifest_path(engine_path)
+    with atomic_file(mpath) as manifest_tmp:
+        manifest_tmp.write_text(manifest.to_json())
+        with atomic_file(engine_path) as engine_tmp:
+            engine_tmp.write_bytes(data)
     return engine_path, mpath
 
 

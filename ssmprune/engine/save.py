@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ssmprune.engine.build import BuildOptions, BuiltEngine, build_engine
-from ssmprune.engine.manifest import EngineManifest, sha256_file, write_engine
+from ssmprune.engine.manifest import (EngineManifest, PathLike, manifest_path, sha256_file,
+                                       write_engine)
 from ssmprune.errors import BadInputFileError
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE, read_export
+from ssmprune.outputs import prepare_output
 
 
 def find_onnx(source: Path) -> tuple[Path, Optional[dict[str, Any]]]:
@@ -86,7 +88,22 @@ def manifest_for(built: BuiltEngine, onnx_path: Path, source: Optional[dict[str,
     )
 
 
-def build_to_file(source: Path, output: Optional[Path], options: BuildOptions = BuildOptions(),
+def prepare_engine_outputs(onnx_path: Path, output: Optional[PathLike],
+                           timing_cache: Optional[PathLike] = None) -> Path:
+    """The engine path (``output``, default: the ONNX path with .engine), checked with its
+    manifest's and the timing cache's before anything is built (``outputs.prepare_output``):
+    none may be the ONNX or its export's manifest, nor be in a place that cannot be written."""
+    inputs = [onnx_path, onnx_path.parent / MANIFEST_FILE]
+    engine = prepare_output(onnx_path.with_suffix(".engine") if output is None else output,
+                            "file", inputs=inputs)
+    prepare_output(manifest_path(engine), "file", inputs=inputs)
+    if timing_cache is not None:
+        prepare_output(timing_cache, "file", inputs=[*inputs, engine, manifest_path(engine)],
+                       option="--timing-cache")
+    return engine
+
+
+def build_to_file(source: Path, output: Optional[PathLike], options: BuildOptions = BuildOptions(),
                   echo_level: str = "none") -> tuple[BuiltEngine, Path, Path]:
     """Build the engine of ``source`` (export folder or .onnx) and write it with its manifest.
 
@@ -94,8 +111,8 @@ def build_to_file(source: Path, output: Optional[Path], options: BuildOptions = 
     the built engine and the paths of the engine and its manifest.
     """
     onnx_path, export_manifest = find_onnx(Path(source))
+    output = prepare_engine_outputs(onnx_path, output, options.timing_cache)
     built = build_engine(onnx_path, options, echo_level)
-    output = Path(output) if output is not None else onnx_path.with_suffix(".engine")
     manifest = manifest_for(built, onnx_path, export_manifest, options)
     engine_path, manifest_path = write_engine(output, built.engine, manifest)
     return built, engine_path, manifest_path

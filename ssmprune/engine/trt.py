@@ -26,7 +26,7 @@ import os
 import sys
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ssmprune.engine.errors import TensorRTUnavailableError
 
@@ -220,6 +220,28 @@ def create_network(flavour: Flavour, builder: Any, strongly_typed: bool) -> Any:
     if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # deprecated no-op in 10
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     return builder.create_network(flags)
+
+
+def make_progress_monitor(flavour: Flavour, cancelled: Callable[[], Any]) -> Any:
+    """A builder progress monitor that cancels the build once ``cancelled()`` is true
+    (``step_complete`` returning False); the build then returns None. Keep a reference
+    to it for as long as the builder config uses it."""
+    trt = flavour.trt
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):  # TensorRT callback
+            pass
+
+        def step_complete(self, phase_name, step):  # TensorRT callback
+            return not cancelled()
+
+        def phase_finish(self, phase_name):  # TensorRT callback
+            pass
+
+    return _Monitor()
 
 
 def create_parser(flavour: Flavour, network: Any, logger: Any) -> Any:

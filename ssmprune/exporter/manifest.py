@@ -34,8 +34,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -64,6 +62,7 @@ from ssmprune.manifest_schema import (
     schema_version,
     validate,
 )
+from ssmprune.outputs import atomic_dir
 
 FORMAT = "ssmprune-onnx"
 LEGACY_VERSION_KEY = "format_version"  # schema_version's name before issue 15
@@ -236,33 +235,21 @@ def library_versions() -> dict[str, str]:
 def write_export(out_dir: Path, files: dict[str, bytes], manifest: Manifest) -> Path:
     """Write ``files`` and the manifest (with their sha256) into ``out_dir`` atomically.
 
-    Everything is written into a temporary directory beside ``out_dir``. A
-    new ``out_dir`` is that directory renamed; an existing one gets each
-    file renamed into it, the manifest last, so a reader never sees a new
-    manifest with an old file (and a new file with an old manifest fails its
-    sha256). On any error the temporary directory is removed.
+    Everything is written into a temporary folder beside ``out_dir``
+    (``outputs.atomic_dir``). A new ``out_dir`` is that folder renamed; an
+    existing one gets each file renamed into it, the manifest last, so a
+    reader never sees a new manifest with an old file (and a new file with an
+    old manifest fails its sha256). On any error or interruption the
+    temporary folder is removed.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputFileError(f"{out_dir} exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is not
+    with atomic_dir(out_dir) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
             manifest.files[name] = {"sha256": sha256_file(tmp / name), "bytes": len(data)}
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
-        if not out_dir.exists():
-            os.replace(tmp, out_dir)
-            return out_dir
-        for name in [*files, MANIFEST_FILE]:
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -23,7 +23,6 @@ import argparse
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ssmprune.errors import BadInputFileError, CheckpointError
+from ssmprune.outputs import atomic_file
 
 WRAPPER_KEYS = ("model", "model_ema", "state_dict", "module")
 
@@ -193,16 +193,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     state = {k: v.detach().contiguous() for k, v in
              model.to_official_state_dict(model.state_dict()).items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".safetensors":
-            save_file(state, tmp)
+            save_file(state, str(tmp))
         else:
             torch.save({model.checkpoint_key: state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
