@@ -71,7 +71,9 @@ class Deployed:
     runtime: the runner, its precision and what runs it.
     label: "ONNX Runtime 1.32.0" before its provider; "" for an engine, whose
         provider names the TensorRT flavour and GPU.
-    input_name, input_shape: the static input, (batch, c, h, w) fp32.
+    input_name, input_shape: the input at its default batch, (batch, c, h, w) fp32.
+    batch_range: (smallest, largest) batch it runs: (b, b) for a static batch b;
+        a dynamic-batch export's 1 to its max, an engine's profile.
     """
 
     path: Path
@@ -80,10 +82,20 @@ class Deployed:
     label: str
     input_name: str
     input_shape: tuple[int, ...]
+    batch_range: tuple[int, int]
 
     @property
     def batch(self) -> int:
         return self.input_shape[0]
+
+    @property
+    def dynamic(self) -> bool:
+        return self.batch_range[0] != self.batch_range[1]
+
+    def batch_for(self, n: int) -> int:
+        """The batch to run ``n`` images in: the static batch, or n within the range."""
+        low, high = self.batch_range
+        return min(max(n, low), high)
 
     def describe(self) -> str:
         """One line: model, pruning, precision, batch and weights."""
@@ -91,8 +103,9 @@ class Deployed:
         pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
         weights = (f"weights from {m.weights['checkpoint']}" if "checkpoint" in m.weights
                    else f"seeded random weights (seed {m.weights.get('seed')})")
-        return (f"{self.path}: {m.model} {pruned}, {self.runtime.precision}, static batch "
-                f"{self.batch}, {weights}")
+        batch = (f"dynamic batch {self.batch_range[0]} to {self.batch_range[1]}" if self.dynamic
+                 else f"static batch {self.batch}")
+        return f"{self.path}: {m.model} {pruned}, {self.runtime.precision}, {batch}, {weights}"
 
     def where(self) -> str:
         """What ran it, e.g. "ONNX Runtime 1.32.0, CPUExecutionProvider" or
@@ -126,7 +139,7 @@ def _onnx_deployed(path: Path) -> Deployed:
     directory, manifest = read_export(path)
     runtime = RUNNER_FACTORIES["onnxrt"](RunnerContext(directory, manifest))
     return Deployed(path, manifest, runtime, f"ONNX Runtime {ort.__version__}",
-                    manifest.input["name"], tuple(manifest.input["shape"]))
+                    manifest.input["name"], manifest.input_shape(), manifest.batch_range())
 
 
 def _engine_deployed(path: Path) -> Deployed:
@@ -142,13 +155,14 @@ def _engine_deployed(path: Path) -> Deployed:
                                 "an `ssmprune export` folder")
     manifest = Manifest.from_dict(engine.source, f"{manifest_path(path)} (its source export)")
     runtime = engine_runtime(path, engine)
+    low, _, high = engine.batch_range or (runtime.runner.input_shape[0],) * 3
     return Deployed(path, manifest, runtime, "", runtime.runner.input_name,
-                    runtime.runner.input_shape)
+                    runtime.runner.input_shape, (low, high))
 
 
 def timed_batches(runner: BaseRunner, input_name: str, x: Tensor, batch: int,
                   repeats: int = 3) -> tuple[np.ndarray, list[float]]:
-    """Run ``x`` (n, c, h, w) fp32 through a Polygraphy runner of static ``batch``.
+    """Run ``x`` (n, c, h, w) fp32 through a Polygraphy runner in batches of ``batch``.
 
     The images go in batches of ``batch``, the last padded by repeating its
     last image. One warm-up run, one run per batch, then ``repeats`` timed runs

@@ -11,6 +11,19 @@ from pathlib import Path
 import click
 
 
+def _batch_range(ctx, param, value):
+    """--batch-range MIN:OPT:MAX -> (min, opt, max), each a bounded batch."""
+    if value is None:
+        return None
+    from ssmprune import limits
+    from ssmprune.errors import ConfigError
+
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--batch-range {value!r}: give MIN:OPT:MAX, e.g. 1:8:32")
+    return tuple(limits.BATCH.check("--batch-range", int(p)) for p in parts)
+
+
 def _targets(ctx, param, value):
     out = []
     for v in value:
@@ -45,11 +58,15 @@ def _targets(ctx, param, value):
               help="PTX ISA of the aot plugins' kernels, e.g. 8.4: the newest the oldest "
                    "driver that will run the engine accepts (default: the newest this "
                    "machine's driver accepts).")
+@click.option("--batch-range", default=None, callback=_batch_range, metavar="MIN:OPT:MAX",
+              help="Optimisation profile of a dynamic-batch export (`export --batch dynamic`): "
+                   "the batches the engine runs, tuned at OPT (default 1:min(8,MAX):MAX, MAX "
+                   "the export's).")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None,
               help="Builder optimization level (lower builds faster; default TensorRT's).")
 @click.option("--verbose", is_flag=True, help="Show TensorRT's warnings and info messages.")
 def build(source, output, precision, targets, no_plugins, timing_cache, version_compatible,
-          hardware_compatible, plugin_form, ptx_version, opt_level, verbose):
+          hardware_compatible, plugin_form, ptx_version, batch_range, opt_level, verbose):
     """Build a TensorRT engine from SOURCE (an export folder or .onnx file), with its manifest.
 
     Custom nodes (ssmprune::SelectiveScan, ssmprune::TokenGather) are bound
@@ -64,7 +81,7 @@ def build(source, output, precision, targets, no_plugins, timing_cache, version_
                            timing_cache=timing_cache, version_compatible=version_compatible,
                            hardware_compatible=hardware_compatible,
                            optimization_level=opt_level, plugin_form=plugin_form,
-                           ptx_version=ptx_version)
+                           ptx_version=ptx_version, batch_range=batch_range)
     built, engine_path, manifest_path = build_to_file(
         source, output, options, echo_level="info" if verbose else "none")
     for note in built.notes:
@@ -78,6 +95,9 @@ def build(source, output, precision, targets, no_plugins, timing_cache, version_
     form = (f" ({built.plugin_form} form"
             + (f", PTX {built.ptx_version}" if built.ptx_version else "") + ")"
             if built.plugin_form else "")
+    if built.batch_range:
+        low, opt, high = built.batch_range
+        click.echo(f"dynamic batch: {low} to {high}, tuned at {opt}")
     click.echo(f"plugins: {plugins or 'none'}{form}"
                + (f"; lowered to standard ops: {lowered}" if lowered else ""))
     click.echo(f"wrote {manifest_path}")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from ssmprune import limits
-from ssmprune.cli.options import img_size_option, overrides, prune_arg, prune_options, seed_option
+from ssmprune.cli.options import (
+    DEFAULT_MAX_BATCH,
+    batch_spec,
+    img_size_option,
+    overrides,
+    prune_arg,
+    prune_options,
+    seed_option,
+)
 
 
 def _megabytes(n: int) -> str:
@@ -21,8 +29,10 @@ def _megabytes(n: int) -> str:
 @seed_option
 @img_size_option
 @prune_options
-@click.option("--batch", type=int, default=1, show_default=True,
-              callback=limits.BATCH.callback, help="Static batch size.")
+@click.option("--batch", default="1", show_default=True, callback=batch_spec,
+              metavar="N|dynamic[:MAX]",
+              help="Static batch N, or dynamic: any batch from 1 to MAX "
+                   f"(default {DEFAULT_MAX_BATCH}) from one file (ONNX dim_param 'batch').")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Precision of the graph (fp16: fp16 weights and activations, fp32 input and logits).")
 @click.option("--flavor", type=click.Choice(["plugins", "standard"]), default="plugins",
@@ -47,15 +57,16 @@ def export_command(model, out_dir, checkpoint, seed, img_size, preset, keep_rati
     from ssmprune.exporter.progress import RichSteps
 
     prune = prune_arg(preset, keep_ratio, prune_after, importance, alignment)
-    options = ExportOptions(model, checkpoint, seed, prune, overrides(img_size), batch, dtype,
-                            flavor, opset)
+    options = ExportOptions(model, checkpoint, seed, prune, overrides(img_size), batch[0],
+                            batch[1], dtype, flavor, opset)
     result = export_model(options, out_dir, RichSteps())
     m = result.manifest
     growth = result.file_bytes / result.weight_bytes - 1 if result.weight_bytes else 0.0
     pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
     click.echo(f"wrote {result.directory / 'model.onnx'} ({_megabytes(result.file_bytes)}; {m.precision} "
                f"weights {_megabytes(result.weight_bytes)}, {growth:+.1%}) and manifest.json")
-    click.echo(f"{m.model} {pruned}, input {'x'.join(map(str, m.input['shape']))}, "
+    batch = f" (batch 1 to {m.max_batch})" if m.dynamic else ""
+    click.echo(f"{m.model} {pruned}, input {'x'.join(map(str, m.input['shape']))}{batch}, "
                f"{m.precision}, flavor {m.flavor}, opset {m.opset}")
     custom = ", ".join(f"{k} {v}" for k, v in result.custom_nodes.items()) or "none"
     click.echo(f"custom nodes: {custom}")

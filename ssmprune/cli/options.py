@@ -79,3 +79,25 @@ def _prune_config(preset, keep_ratio, prune_after, importance, alignment):
 def prune_arg(preset, keep_ratio, prune_after, importance, alignment):
     name, config = _prune_config(preset, keep_ratio, prune_after, importance, alignment)
     return config if config is not None else name
+
+
+DEFAULT_MAX_BATCH = 32  # `--batch dynamic`: a server's batcher rarely forms larger batches
+
+
+def batch_spec(ctx, param, value):
+    """``--batch`` of ``export``: N (static) or dynamic[:MAX] -> (batch, max_batch or None)."""
+    text = str(value).strip().lower()
+    if text == "dynamic" or text.startswith("dynamic:"):
+        _, _, high = text.partition(":")
+        try:
+            top = int(high) if high else DEFAULT_MAX_BATCH
+        except ValueError:
+            raise ConfigError(f"--batch {value!r}: MAX in dynamic:MAX is a number") from None
+        return 1, limits.Bound(2, limits.MAX_BATCH, "the largest batch of a dynamic batch "
+                               "(ssmprune.limits.MAX_BATCH; a batch of 1 is --batch 1)"
+                               ).check("--batch dynamic:MAX", top)
+    try:
+        static = int(text)
+    except ValueError:
+        raise ConfigError(f"--batch {value!r}: give a number or dynamic[:MAX]") from None
+    return limits.BATCH.check("--batch", static), None

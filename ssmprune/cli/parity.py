@@ -25,7 +25,8 @@ from ssmprune import limits
               help="The export's checkpoint (same sha256 required): needed for an export made "
                    "with --checkpoint outside its folder, whose recorded path is never opened.")
 @click.option("--batch", type=int, default=None, callback=limits.BATCH.callback,
-              help="Batch to run; must be the one DIRECTORY was exported for.")
+              help="Batch to run: the static batch DIRECTORY was exported for, or any batch of "
+                   "a dynamic-batch export (default: its manifest's, 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def parity(directory, images, runtimes, engine, samples, checkpoint, batch, as_json):
     """Compare PyTorch, ONNX Runtime and TensorRT on the export in DIRECTORY (Polygraphy).

@@ -106,16 +106,18 @@ def _run_file(path, images, no_resize, repeats) -> None:
     else:
         x = preprocess(sample_photo(), cfg["img_size"], cfg["mean"], cfg["std"])[None]
         names = [SAMPLE_PHOTO_NAME]
-    b = deployed.batch
+    b = deployed.batch_for(len(x))
     logits, times = timed_batches(deployed.runtime.runner, deployed.input_name, x, b,
                                   max(1, repeats))
     where = deployed.where()
     click.echo(f"runtime {where}")
-    click.echo(f"input {deployed.input_shape} -> output {(b, *logits.shape[1:])} {logits.dtype}")
+    click.echo(f"input {(b, *deployed.input_shape[1:])} -> output {(b, *logits.shape[1:])} "
+               f"{logits.dtype}")
     if len(x) != b:
         batches = -(-len(x) // b)
         padded = ", the last padded with its last image" if len(x) % b else ""
-        click.echo(f"{len(x)} image(s) in {batches} batch(es) of {b} (the static batch)"
+        kind = "the largest it takes" if deployed.dynamic else "the static batch"
+        click.echo(f"{len(x)} image(s) in {batches} batch(es) of {b} ({kind})"
                    f"{padded}; reported: the given images only")
     _echo_predictions(names, torch.from_numpy(logits), times, b, where)
 

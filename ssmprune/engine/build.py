@@ -54,6 +54,8 @@ class BuildOptions:
             TensorRT has it).
         ptx_version: PTX ISA of the aot plugins' kernels, e.g. ``"8.4"`` (None: the
             newest the build machine's driver loads).
+        batch_range: (min, opt, max) batch of the optimisation profile of a
+            dynamic-batch export (None: 1, min(8, its max), its max).
     """
 
     precision: Optional[str] = None
@@ -66,6 +68,7 @@ class BuildOptions:
     flavour: Optional[str] = None
     plugin_form: Optional[str] = None
     ptx_version: Optional[str] = None
+    batch_range: Optional[tuple[int, int, int]] = None
 
 
 @dataclass
@@ -86,6 +89,7 @@ class BuiltEngine:
     notes: list[str] = field(default_factory=list)
     plugin_form: Optional[str] = None  # v3 / aot; None without plugin layers
     ptx_version: Optional[str] = None  # the aot kernels' PTX ISA, "8.4"
+    batch_range: Optional[tuple[int, int, int]] = None  # the profile of a dynamic batch
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -205,13 +209,20 @@ def _ptx_text(version: Optional[int]) -> Optional[str]:
 
 
 def plugin_choice(flavour: trt_mod.Flavour, options: BuildOptions, needed: Sequence[PluginRef],
-                  gpu: Optional[str]) -> tuple[Optional[str], Optional[int]]:
+                  gpu: Optional[str], dynamic_batch: bool = False
+                  ) -> tuple[Optional[str], Optional[int]]:
     """(plugin form, PTX ISA of its kernels, 84 for 8.4) a build binds ``needed`` with;
     (None, None) when it binds none. Checked before any parsing: ``--ptx-version``
-    only with the aot form, and no ``--hardware-compatible`` engine with it (its
-    kernels are compiled for the build GPU's architecture)."""
+    only with the aot form, and neither a ``--hardware-compatible`` engine (its
+    kernels are compiled for the build GPU's architecture) nor a dynamic batch (and
+    for its static shapes) with it."""
     binds = options.plugins and bool(needed) and not flavour.is_rtx
     form = plugin_form(flavour, options.plugin_form) if binds else None
+    if form == "aot" and dynamic_batch:
+        raise UnsupportedBuildOptionError(
+            "the aot plugins' kernels are compiled for static shapes, and this export has a "
+            "dynamic batch: build it with --plugin-form v3 or --no-plugins, or export with a "
+            "static --batch")
     if form != "aot":
         if options.ptx_version is not None:
             raise UnsupportedBuildOptionError(
@@ -234,9 +245,44 @@ def plugin_choice(flavour: trt_mod.Flavour, options: BuildOptions, needed: Seque
     return form, chosen
 
 
+DEFAULT_OPT_BATCH = 8  # the profile's opt batch unless --batch-range says otherwise
+
+
+def batch_profile(model: onnx.ModelProto, requested: Optional[tuple[int, int, int]],
+                  max_batch: Optional[int]) -> Optional[tuple[int, int, int]]:
+    """The (min, opt, max) batch profile of an ONNX with a dynamic batch, None for a static
+    one. ``max_batch``: the export's largest batch (from its manifest; None for a bare .onnx,
+    which then needs ``requested``). Refused in one line: a range for a static batch, an
+    unordered range, or one past the export's maximum."""
+    weights = {i.name for i in model.graph.initializer}
+    first = next(v for v in model.graph.input if v.name not in weights)
+    batch = first.type.tensor_type.shape.dim[0]
+    if batch.HasField("dim_value"):
+        if requested is not None:
+            raise UnsupportedBuildOptionError(
+                f"--batch-range needs a dynamic-batch export; this one has a static batch of "
+                f"{batch.dim_value}: export it with --batch dynamic[:MAX]")
+        return None
+    if requested is None:
+        if max_batch is None:
+            raise UnsupportedBuildOptionError(
+                f"the ONNX input {first.name} has a dynamic batch: give --batch-range "
+                "MIN:OPT:MAX (or build from its export folder)")
+        return 1, min(DEFAULT_OPT_BATCH, max_batch), max_batch
+    low, opt, high = requested
+    if not 1 <= low <= opt <= high:
+        raise UnsupportedBuildOptionError(f"--batch-range {low}:{opt}:{high} is not "
+                                          "1 <= MIN <= OPT <= MAX")
+    if max_batch is not None and high > max_batch:
+        raise UnsupportedBuildOptionError(f"--batch-range {low}:{opt}:{high} goes past the "
+                                          f"export's largest batch, {max_batch}")
+    return requested
+
+
 def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
-                 echo_level: str = "none") -> BuiltEngine:
-    """Parse ``onnx_path`` and build a serialized engine as ``options`` ask.
+                 echo_level: str = "none", max_batch: Optional[int] = None) -> BuiltEngine:
+    """Parse ``onnx_path`` and build a serialized engine as ``options`` ask; ``max_batch``
+    is its export's largest batch if it has a dynamic one (``batch_profile``).
 
     Custom nodes are bound to plugins (``options.plugins``) or lowered to their
     standard-op bodies. Raises an ``SsmpruneError`` subclass for anything the
@@ -250,10 +296,11 @@ def build_engine(onnx_path: Path, options: BuildOptions = BuildOptions(),
     minutes, is ended with the process.
     """
     with interrupt.cancellable():
-        return _build_engine(onnx_path, options, echo_level)
+        return _build_engine(onnx_path, options, echo_level, max_batch)
 
 
-def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str) -> BuiltEngine:
+def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str,
+                  max_batch: Optional[int]) -> BuiltEngine:
     onnx_path = Path(onnx_path)
     flavour = trt_mod.load(options.flavour)
     trt = flavour.trt
@@ -278,8 +325,9 @@ def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str) -> Bu
         check_fp8_targets(targets or ([gpu] if gpu else []))
     check_external_data(model, onnx_path)
 
+    profile = batch_profile(model, options.batch_range, max_batch)
     needed = sorted(custom_nodes(model))
-    form, ptx_version = plugin_choice(flavour, options, needed, gpu)
+    form, ptx_version = plugin_choice(flavour, options, needed, gpu, profile is not None)
     if options.plugins:
         plugins = register_plugins(flavour, needed, form=form, ptx_version=ptx_version)
         if plugins and options.version_compatible:
@@ -317,6 +365,8 @@ def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str) -> Bu
         _apply_targets(flavour, config, targets)
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if profile is not None:
+        _add_batch_profile(builder, network, config, profile)
     cache = None
     if options.timing_cache is not None:
         if flavour.has_timing_cache:
@@ -342,4 +392,16 @@ def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str) -> Bu
     inputs, outputs = _io(network)
     return BuiltEngine(memoryview(engine).cast("B"), flavour, precision, strongly_typed,
                        targets, gpu, plugins, lowered, inputs, outputs, seconds, notes,
-                       form if plugins else None, _ptx_text(ptx_version) if plugins else None)
+                       form if plugins else None, _ptx_text(ptx_version) if plugins else None,
+                       profile)
+
+
+def _add_batch_profile(builder: Any, network: Any, config: Any,
+                       profile: tuple[int, int, int]) -> None:
+    """One optimisation profile: the input's batch from min to max, tuned at opt."""
+    tensor = network.get_input(0)
+    rest = tuple(tensor.shape)[1:]
+    shapes = [(b, *rest) for b in profile]
+    trt_profile = builder.create_optimization_profile()
+    trt_profile.set_shape(tensor.name, *shapes)
+    config.add_optimization_profile(trt_profile)

@@ -50,7 +50,8 @@ from typing_extensions import TypedDict
 
 from ssmprune.engine.errors import EngineFileError
 from ssmprune.outputs import atomic_file
-from ssmprune.exporter.manifest import PRECISIONS, Manifest
+from ssmprune.exporter.manifest import BATCH_DIM, PRECISIONS, Manifest
+from ssmprune.limits import MAX_BATCH
 from ssmprune.exporter.manifest import sha256_file  # noqa: F401  (one sha256 helper; re-exported)
 from ssmprune.manifest_schema import (
     SCHEMA_VERSION,
@@ -118,6 +119,9 @@ class EngineTensor(TypedDict):
     dtype: Text
 
 
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+
+
 @with_config(STRICT)
 class OnnxInfo(TypedDict):
     """The ONNX the engine was built from (``file``: its name then, for information)."""
@@ -153,6 +157,8 @@ class EngineManifest:
     plugin_form: Optional[Literal["v3", "aot"]] = None
     ptx_version: Optional[str] = None
     lowered_ops: dict[str, Count] = field(default_factory=dict)
+    # (min, opt, max) of the optimisation profile of a dynamic-batch engine; None: static.
+    batch_range: Optional[Annotated[list[BatchSize], Field(min_length=3, max_length=3)]] = None
     onnx: OnnxInfo = field(default_factory=dict)  # type: ignore[assignment]  (set by the builder)
     source: Optional[dict[str, Any]] = None  # the export manifest (``Manifest.from_dict``)
     tools: dict[str, str] = field(default_factory=dict)
@@ -161,6 +167,23 @@ class EngineManifest:
     def to_json(self) -> str:
         return json.dumps({"kind": KIND, "schema_version": SCHEMA_VERSION, **asdict(self)},
                           indent=2) + "\n"
+
+    def input_shape(self, batch: Optional[int], name: str) -> tuple[int, ...]:
+        """The engine input's shape at ``batch`` (None: its static batch, or the profile's
+        smallest); a batch outside the built range is a one-line ``EngineFileError``."""
+        (first,) = self.onnx["inputs"]
+        if self.batch_range is None:
+            static = first["shape"][0]
+            if batch is not None and batch != static:
+                raise EngineFileError(f"engine {name} was built for batch {static}, not {batch}")
+            return tuple(first["shape"])
+        low, _, high = self.batch_range
+        b = low if batch is None else batch
+        if not low <= b <= high:
+            raise EngineFileError(f"engine {name} was built for batches {low} to {high} "
+                                  f"(--batch-range), not {b}: build it again with a range "
+                                  f"that holds {b}")
+        return (b, *first["shape"][1:])
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "EngineManifest":
@@ -172,6 +195,7 @@ class EngineManifest:
         schema_version(data, LEGACY_VERSION_KEY, where, EngineFileError)
         fields = {k: v for k, v in data.items() if k not in ("kind", LEGACY_VERSION_KEY)}
         manifest = validate(cls, fields, where, "ssmprune engine manifest", EngineFileError)
+        manifest.check_batch_range(where)
         if manifest.source is not None:
             source = Manifest.from_dict(manifest.source, f"{where} (its source export)",
                                         EngineFileError)
@@ -184,12 +208,25 @@ class EngineManifest:
                     f"sha256 {built_from[:12]}...: not the export this engine was built from")
             bindings = [[(t["name"], t["shape"]) for t in manifest.onnx[k]]
                         for k in ("inputs", "outputs")]
-            exported = [[(source.input["name"], source.input["shape"])],
-                        [(t["name"], t["shape"]) for t in source.outputs]]
+            # TensorRT writes a dynamic axis as -1, the export as its dim_param "batch".
+            exported = [[(t["name"], [-1 if d == BATCH_DIM else d for d in t["shape"]])
+                         for t in ts] for ts in ([source.input], source.outputs)]
             if bindings != exported:
                 raise EngineFileError(f"{where}: the engine's inputs and outputs {bindings} are "
                                       f"not its source export's {exported}")
         return manifest
+
+    def check_batch_range(self, where: str) -> None:
+        """A batch range is ordered and goes with a dynamic input batch (-1), and only then."""
+        dynamic = any(t["shape"][:1] == [-1] for t in self.onnx.get("inputs", []))
+        if self.batch_range is None:
+            if dynamic:
+                raise EngineFileError(f"{where}: a dynamic-batch engine without batch_range")
+            return
+        low, opt, high = self.batch_range
+        if not dynamic or not low <= opt <= high:
+            raise EngineFileError(f"{where}: batch_range {self.batch_range} is not min <= opt "
+                                  "<= max of a dynamic-batch input")
 
 
 def write_engine(engine_path: PathLike, engine: Union[bytes, memoryview],

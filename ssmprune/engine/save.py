@@ -80,6 +80,7 @@ def manifest_for(built: BuiltEngine, onnx_path: Path, source: Optional[dict[str,
         plugin_form=built.plugin_form,
         ptx_version=built.ptx_version,
         lowered_ops=built.lowered_ops,
+        batch_range=list(built.batch_range) if built.batch_range else None,
         onnx={"file": onnx_path.name, "sha256": sha256_file(onnx_path),
               "inputs": built.inputs, "outputs": built.outputs},
         source=source,
@@ -112,7 +113,8 @@ def build_to_file(source: Path, output: Optional[PathLike], options: BuildOption
     """
     onnx_path, export_manifest = find_onnx(Path(source))
     output = prepare_engine_outputs(onnx_path, output, options.timing_cache)
-    built = build_engine(onnx_path, options, echo_level)
+    max_batch = export_manifest.get("max_batch") if export_manifest else None
+    built = build_engine(onnx_path, options, echo_level, max_batch)
     manifest = manifest_for(built, onnx_path, export_manifest, options)
     engine_path, manifest_path = write_engine(output, built.engine, manifest)
     return built, engine_path, manifest_path

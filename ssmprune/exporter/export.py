@@ -36,6 +36,7 @@ from torch import nn
 from ssmprune.errors import BadInputFileError, ConfigError
 from ssmprune.exporter import schemas, stages
 from ssmprune.exporter.manifest import (
+    BATCH_DIM,
     FORMAT,
     METADATA_FORMAT_KEY,
     MODEL_FILE,
@@ -45,6 +46,7 @@ from ssmprune.exporter.manifest import (
     write_export,
 )
 from ssmprune.exporter.progress import Steps
+from ssmprune.limits import MAX_BATCH
 from ssmprune.models.construct import DEFAULT_SEED, build_model
 from ssmprune.models.digits import embedded_weights
 from ssmprune.pruning import PruneConfig
@@ -59,7 +61,11 @@ MAX_OPSET = 23  # newest opset torch.onnx, onnx and onnxruntime here all handle
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to export. ``overrides`` are extra ``create_model`` config fields."""
+    """What to export. ``overrides`` are extra ``create_model`` config fields.
+
+    ``batch`` is the static batch, or with ``max_batch`` (dynamic batch: any batch
+    from 1 to ``max_batch``) the default batch the manifest records.
+    """
 
     model: str
     checkpoint: Optional[str] = None
@@ -67,6 +73,7 @@ class ExportOptions:
     prune: Union[None, str, PruneConfig] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     batch: int = 1
+    max_batch: Optional[int] = None
     precision: str = "fp32"
     flavor: str = "plugins"
     opset: int = DEFAULT_OPSET
@@ -74,6 +81,12 @@ class ExportOptions:
     def validate(self) -> None:
         if self.batch < 1:
             raise ConfigError(f"--batch must be at least 1, got {self.batch}")
+        if self.max_batch is not None and not 2 <= self.max_batch <= MAX_BATCH:
+            raise ConfigError(f"--batch dynamic:MAX needs MAX from 2 to {MAX_BATCH} (a batch "
+                              f"of 1 is --batch 1), got {self.max_batch}")
+        if self.max_batch is not None and self.batch > self.max_batch:
+            raise ConfigError(f"batch {self.batch} is above the dynamic batch's maximum "
+                              f"{self.max_batch}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--dtype must be one of {', '.join(PRECISIONS)}, "
                               f"got {self.precision!r}")
@@ -152,13 +165,17 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
         model, _ = build_model(options.model, options.checkpoint, options.seed,
                                prune=options.prune, **options.overrides)
         shape = (options.batch, *model.input_shape())
-        example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        # A dynamic batch is traced at 2: torch.export specialises a dimension seen as 1.
+        example_shape = (2, *shape[1:]) if options.max_batch else shape
+        example = torch.randn(example_shape, generator=torch.Generator().manual_seed(0))
         traced = stages.fp16_from_model(model) if options.precision == "fp16" else model
     with steps.step("torch.export"):
-        program = stages.exported_program_from_model(traced, example)
+        program = stages.exported_program_from_model(traced, example, options.max_batch)
         torch_ops = stages.custom_op_counts(program)
     with steps.step("ONNX (torch.onnx, dynamo)"):
         model_proto = stages.onnx_from_exported_program(program, options.opset)
+        if options.max_batch:
+            stages.name_batch_dim(model_proto, BATCH_DIM)
     if options.flavor == "standard":
         with steps.step("inline bodies (standard)"):
             model_proto = stages.standard_from_plugins(model_proto)
@@ -166,7 +183,8 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
         stages.check_onnx(model_proto)
     op_counts = stages.op_type_counts(model_proto)
     output = model_proto.graph.output[0]
-    out_shape = [d.dim_value for d in output.type.tensor_type.shape.dim]
+    first = BATCH_DIM if options.max_batch else options.batch
+    out_shape = [first, *(d.dim_value for d in output.type.tensor_type.shape.dim[1:])]
     in_dtype, out_dtype = (_dtype_name(v) for v in (model_proto.graph.input[0], output))
     prune_dict, preset = _prune_record(model, options.prune)
     manifest = Manifest(
@@ -177,9 +195,10 @@ def export(options: ExportOptions, out_dir: Union[str, Path],
         prune=_jsonable(prune_dict),
         prune_preset=preset,
         weights=_weights_record(options),
-        input={"name": stages.INPUT_NAME, "shape": list(shape), "dtype": in_dtype},
+        input={"name": stages.INPUT_NAME, "shape": [first, *shape[1:]], "dtype": in_dtype},
         outputs=[{"name": stages.OUTPUT_NAME, "shape": out_shape, "dtype": out_dtype}],
         batch=options.batch,
+        max_batch=options.max_batch,
         precision=options.precision,
         flavor=options.flavor,
         opset=options.opset,

@@ -42,7 +42,8 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args
 from pydantic import AfterValidator, Discriminator, Field, Tag, with_config
 from typing_extensions import TypedDict
 
-from ssmprune.errors import BadInputFileError
+from ssmprune.errors import BadInputFileError, InputShapeError
+from ssmprune.limits import MAX_BATCH
 from ssmprune.manifest_schema import (
     SCHEMA_VERSION,
     STRICT,
@@ -68,6 +69,8 @@ FORMAT = "ssmprune-onnx"
 LEGACY_VERSION_KEY = "format_version"  # schema_version's name before issue 15
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+# The symbolic batch of a dynamic-batch export: the ONNX dim_param and the manifest's shape[0].
+BATCH_DIM = "batch"
 # Written into the ONNX file's metadata_props, so a file is recognised without its manifest.
 METADATA_FORMAT_KEY = "ssmprune.format"
 LIBRARIES = ("ssmprune", "torch", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "polygraphy",
@@ -82,7 +85,8 @@ class TensorSpec(TypedDict):
     """A graph input or output: fp32 at any precision (the casts are inside the graph)."""
 
     name: Text
-    shape: Annotated[list[PositiveInt], Field(min_length=1)]
+    # shape[0] is "batch" in a dynamic-batch export (``Manifest.check_fields``).
+    shape: Annotated[list[Union[PositiveInt, Literal["batch"]]], Field(min_length=1)]
     dtype: Literal["float32"]
 
 
@@ -162,6 +166,9 @@ class Manifest:
     flavor: Literal["plugins", "standard"]
     opset: PositiveInt
     custom_ops: list[dict[str, Any]]  # [{"domain", "name", "version", "nodes", ...}]
+    # A dynamic-batch export runs any batch from 1 to max_batch (``batch``: the default one);
+    # None: a static batch, ``batch``.
+    max_batch: Optional[Annotated[int, Field(gt=1, le=MAX_BATCH)]] = None
     files: dict[FileName, FileEntry] = field(default_factory=dict)  # name -> {sha256, bytes}
     versions: dict[str, str] = field(default_factory=dict)
     export_seconds: Optional[Seconds] = None
@@ -170,6 +177,29 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the export takes any batch from 1 to ``max_batch``."""
+        return self.max_batch is not None
+
+    def batch_range(self) -> tuple[int, int]:
+        """(smallest, largest) batch the file runs: (b, b) for a static batch b."""
+        return (1, self.max_batch) if self.max_batch is not None else (self.batch, self.batch)
+
+    def check_batch(self, batch: int, what: str = "the export") -> int:
+        """``batch`` if the file runs it, else a one-line ``InputShapeError``."""
+        low, high = self.batch_range()
+        if not low <= batch <= high:
+            kind = (f"a dynamic batch of 1 to {high}" if self.dynamic
+                    else f"a static batch of {self.batch}")
+            raise InputShapeError(f"{what} takes {kind}, not {batch}")
+        return batch
+
+    def input_shape(self, batch: Optional[int] = None) -> tuple[int, ...]:
+        """The input's (batch, c, h, w) at ``batch`` (default ``self.batch``), checked."""
+        b = self.check_batch(self.batch if batch is None else batch)
+        return (b, *self.input["shape"][1:])
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str) -> "Manifest":
@@ -196,15 +226,18 @@ class Manifest:
             raise error(f"{source} lists no sha256 for {MODEL_FILE}: an export is trusted "
                         "only with the sha256 of every file; export it again")
         cfg = self.config
-        expected = [self.batch, cfg["in_chans"], cfg["img_size"], cfg["img_size"]]
+        first = BATCH_DIM if self.dynamic else self.batch
+        if self.dynamic and self.batch > self.max_batch:
+            raise error(f"{source}: batch {self.batch} is above max_batch {self.max_batch}")
+        expected = [first, cfg["in_chans"], cfg["img_size"], cfg["img_size"]]
         if self.input["shape"] != expected:
             raise error(f"{source}: input shape {self.input['shape']} is not (batch "
-                        f"{self.batch}, in_chans {cfg['in_chans']}, img_size "
+                        f"{first}, in_chans {cfg['in_chans']}, img_size "
                         f"{cfg['img_size']}, img_size {cfg['img_size']})")
         for out in self.outputs:
-            if out["shape"][0] != self.batch:
+            if out["shape"][0] != first or BATCH_DIM in out["shape"][1:]:
                 raise error(f"{source}: output {out['name']} has shape {out['shape']}, not "
-                            f"batch {self.batch} first")
+                            f"batch {first} first")
         if not len(cfg["mean"]) == len(cfg["std"]) == cfg["in_chans"]:
             raise error(f"{source}: config mean and std need one value per channel "
                         f"(in_chans {cfg['in_chans']})")

@@ -67,15 +67,34 @@ def fp16_from_model(model: nn.Module) -> nn.Module:
     return CastIO(model.half(), torch.float16).eval()
 
 
-def exported_program_from_model(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` at ``example``'s static shape, without gradients.
+def exported_program_from_model(model: nn.Module, example: Tensor,
+                                max_batch: Optional[int] = None) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` at ``example``'s static shape, without gradients; with
+    ``max_batch`` the batch (dim 0) is symbolic, 1 to ``max_batch`` (``example``'s: >= 2).
 
     torch.export either captures the whole forward as one graph or raises,
     so a returned program has no graph break; the custom ops stay single
-    nodes thanks to their fake implementations.
+    nodes thanks to their fake implementations. The token counts a pruned
+    model keeps are fixed by its keep ratios, so only the batch can vary.
     """
+    dynamic = None
+    if max_batch is not None:
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     with torch.no_grad(), _quiet_torch_onnx():
-        return torch.export.export(model, (example,), strict=False)
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
+
+
+def name_batch_dim(model: onnx.ModelProto, name: str) -> None:
+    """Rename the input's symbolic batch (torch's ``s77``) to ``name`` wherever it appears
+    (inputs, outputs, value_info), so runtimes and the manifest share one name."""
+    first = model.graph.input[0].type.tensor_type.shape.dim[0]
+    old = first.dim_param
+    if not old:
+        raise ValueError("the dynamic-batch export's input has a static batch")
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == old:
+                dim.dim_param = name
 
 
 def custom_op_counts(program: torch.export.ExportedProgram) -> dict[str, int]:

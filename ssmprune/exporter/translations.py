@@ -21,7 +21,7 @@ Every node carries all of its attributes explicitly, and the plugin lookup keys
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -45,22 +45,31 @@ def _fp32(value):
     return value if value.dtype == ir.DataType.FLOAT else op.Cast(value, to=ir.DataType.FLOAT)
 
 
-def _static_shape(value, what: str) -> tuple[int, ...]:
+def _static_shape(value, what: str) -> tuple[Any, ...]:
+    """The shape, static but for the batch (dim 0), which may be symbolic (a dynamic-batch
+    export); the ops' token counts and widths are attributes and must be known."""
     shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        raise ValueError(f"{what} needs a static shape for the ssmprune ONNX ops, got {shape}")
+    if shape is None or not all(isinstance(d, int) for d in tuple(shape)[1:]):
+        raise ValueError(f"{what} needs a static shape but for its batch for the ssmprune "
+                         f"ONNX ops, got {shape}")
     return tuple(shape)
+
+
+def _zero_gap(u, length: int):
+    """int64 zeros (b, l): b from ``u`` at run time, so a symbolic batch works too."""
+    shape = op.Concat(op.Shape(u, start=0, end=1), op.Constant(value_ints=[length]), axis=0)
+    return op.ConstantOfShape(shape, value=ir.tensor(np.zeros(1, dtype=np.int64)))
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None,
                    delta_softplus=False):
     """``ssmprune::selective_scan`` -> ``ssmprune::SelectiveScan`` (module docstring)."""
-    b, d, length = _static_shape(u, "selective_scan input u")
+    _, d, length = _static_shape(u, "selective_scan input u")
     A = _fp32(A)
     D = _zeros((d,), np.float32) if D is None else _fp32(D)
     delta_bias = _zeros((d,), np.float32) if delta_bias is None else _fp32(delta_bias)
     if gap is None:
-        gap = _zeros((b, length), np.int64)
+        gap = _zero_gap(u, length)
     return ssm.SelectiveScan(u, delta, A, B, C, D, u if z is None else z, delta_bias, gap,
                              delta_softplus=int(bool(delta_softplus)), has_z=int(z is not None),
                              **schemas.PLUGIN_ATTRIBUTES)
@@ -83,8 +92,9 @@ def token_gather(scores, positions, tensors, k, protect=-1, insert_at=0):
                          f"got {[str(t.dtype) for t in tensors]}")
     widths = [int(np.prod(s[2:], dtype=np.int64)) for s in shapes]
     flat = []
+    # Reshape's 0 keeps the input's dim 0, so a symbolic batch passes through.
     for t, shape, width in zip(tensors, shapes, widths):
-        t = op.Reshape(t, op.Constant(value_ints=[shape[0], shape[1], width]))
+        t = op.Reshape(t, op.Constant(value_ints=[0, shape[1], width]))
         flat.append(t if t.dtype == common else op.Cast(t, to=common))
     x = flat[0] if len(flat) == 1 else op.Concat(*flat, axis=-1)
     kept, gathered = ssm.TokenGather(scores, positions, x, **attrs)
@@ -96,7 +106,7 @@ def token_gather(scores, positions, tensors, k, protect=-1, insert_at=0):
     kept_count = int(k) + (1 if protect >= 0 else 0)
     outputs = [kept]
     for part, t, shape in zip(parts, tensors, shapes):
-        part = op.Reshape(part, op.Constant(value_ints=[shape[0], kept_count, *shape[2:]]))
+        part = op.Reshape(part, op.Constant(value_ints=[0, kept_count, *shape[2:]]))
         outputs.append(part if t.dtype == common else op.Cast(part, to=t.dtype))
     return outputs
 

@@ -90,7 +90,8 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
 
 
 def parity_samples(manifest: Manifest, images: Sequence[str] = (), samples: int = DEFAULT_SAMPLES,
-                   seed: int = 0) -> tuple[np.ndarray, dict[str, int], list[str]]:
+                   seed: int = 0, batch: Optional[int] = None
+                   ) -> tuple[np.ndarray, dict[str, int], list[str]]:
     """Inputs for a parity run: real photos and seeded random images.
 
     Without ``images``, half of ``samples`` are photos scikit-image ships
@@ -119,7 +120,7 @@ def parity_samples(manifest: Manifest, images: Sequence[str] = (), samples: int 
             flip = (i // len(SAMPLE_PHOTOS)) % 2 == 1
             real.append(x.flip(-1) if flip else x)
             names.append(f"skimage:{name}" + (" (mirrored)" if flip else ""))
-    batch = manifest.batch
+    batch = manifest.batch if batch is None else batch
     total = max(samples, len(real))
     total = -(-total // batch) * batch
     generator = torch.Generator().manual_seed(seed)
@@ -185,15 +186,16 @@ def run_parity(path: str | Path, images: Sequence[str] = (),
     if checkpoint is None:
         in_folder = checkpoint_in_export(directory, manifest)
         checkpoint = str(in_folder) if in_folder is not None else None
-    if batch is not None and batch != manifest.batch:
+    if batch is not None and not manifest.dynamic and batch != manifest.batch:
         raise InputShapeError(f"{directory} was exported for batch {manifest.batch}, not {batch}; "
-                              f"export it again with --batch {batch}")
+                              f"export it again with --batch {batch} (or --batch dynamic)")
+    b = manifest.check_batch(manifest.batch if batch is None else batch, str(directory))
     # Every runtime is set up (and refused, e.g. trt without a GPU) before any of them runs.
     context = RunnerContext(directory, manifest, checkpoint, threads,
-                            Path(engine) if engine is not None else None)
+                            Path(engine) if engine is not None else None, b)
     built = {runtime: RUNNER_FACTORIES[runtime](context) for runtime in runtimes}
-    x, counts, names = parity_samples(manifest, images, samples, seed)
-    b, input_name = manifest.batch, manifest.input["name"]
+    x, counts, names = parity_samples(manifest, images, samples, seed, b)
+    input_name = manifest.input["name"]
     feeds = [OrderedDict([(input_name, x[i:i + b])]) for i in range(0, len(x), b)]
 
     from polygraphy.comparator import Comparator
@@ -212,5 +214,5 @@ def run_parity(path: str | Path, images: Sequence[str] = (),
                  _judged_precision(runtime, reference, precisions, manifest.precision))
         for runtime in runtimes[1:] for output in outputs[reference]]
     return ParityReport(all(c.passed for c in comparisons), comparisons, manifest.precision,
-                        manifest.batch, counts, names,
+                        b, counts, names,
                         {r: built[r].provider() for r in runtimes})

@@ -212,6 +212,7 @@ class RunnerContext:
     """What a runtime's runner factory gets: the export and the run's settings.
 
     engine: the TensorRT engine the ``trt`` runtime runs (``--engine``).
+    batch: the batch fed (None: the manifest's; a dynamic-batch export runs 1 to its max).
     """
 
     directory: Path
@@ -219,6 +220,7 @@ class RunnerContext:
     checkpoint: Optional[str] = None
     threads: int = 0
     engine: Optional[Path] = None
+    batch: Optional[int] = None
 
 
 @dataclass
@@ -256,7 +258,7 @@ def _torch_runner(ctx: RunnerContext) -> Runtime:
 
     m = ctx.manifest
     runner = TorchRunner(model_from_manifest(m, ctx.checkpoint), m.input["name"],
-                         m.input["shape"], [o["name"] for o in m.outputs], name="torch")
+                         m.input_shape(ctx.batch), [o["name"] for o in m.outputs], name="torch")
     return Runtime(runner, m.precision, lambda: str(runner.device))
 
 
@@ -288,13 +290,17 @@ def _trt_runner(ctx: RunnerContext) -> Runtime:
             f"engine {ctx.engine} was built from another ONNX (sha256 {str(built_from)[:12]}...) "
             f"than {ctx.directory / MODEL_FILE} ({str(onnx_sha)[:12]}...): build it again with "
             f"`ssmprune build {ctx.directory}`")
-    return engine_runtime(ctx.engine, engine)
+    return engine_runtime(ctx.engine, engine, ctx.batch)
 
 
-def engine_runtime(engine_path: Path, engine: EngineManifest) -> Runtime:
-    """The ``trt`` runtime of a checked engine (``check_engine``): refused in one line
-    where this machine cannot run engines, judged by the engine's precision."""
-    require_engine_runtime(engine_path)
+def engine_runtime(engine_path: Path, engine: EngineManifest,
+                   batch: Optional[int] = None) -> Runtime:
+    """The ``trt`` runtime of a checked engine (``check_engine``) fed ``batch`` (None: its
+    static batch, or the smallest of its range): refused in one line where this machine
+    cannot run engines or the batch is outside the engine's range; judged by the engine's
+    precision."""
     (first,) = engine.onnx["inputs"]
-    runner = TrtRunner(engine_path, first["name"], first["shape"], name="trt")
+    shape = engine.input_shape(batch, engine_path.name)
+    require_engine_runtime(engine_path)
+    runner = TrtRunner(engine_path, first["name"], shape, name="trt")
     return Runtime(runner, engine.precision, lambda: runner.provider)

@@ -49,6 +49,13 @@ def test_impossible_plugin_options_are_refused_before_parsing(tensorrt_11, optio
         plugin_choice(tensorrt_11, options, NEEDED, "sm_90")
 
 
+def test_a_dynamic_batch_takes_v3_not_aot(tensorrt_11):
+    with pytest.raises(UnsupportedBuildOptionError, match="static shapes.*--plugin-form v3"):
+        plugin_choice(tensorrt_11, BuildOptions(), NEEDED, "sm_90", dynamic_batch=True)
+    assert plugin_choice(tensorrt_11, BuildOptions(plugin_form="v3"), NEEDED, "sm_90",
+                         dynamic_batch=True) == ("v3", None)
+
+
 def test_a_driver_too_old_for_the_gpu(tensorrt_11, monkeypatch):
     monkeypatch.setattr(ptx, "driver_cuda_version", lambda: (11, 4))  # PTX 7.4 at most
     with pytest.raises(UnsupportedBuildOptionError, match="update the driver"):
