@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ssmprune import limits
+from ssmprune.cli.engine import _batch_range
 from ssmprune.ship.triton_repo import INSTANCES  # light: onnx is imported when used
 
 
@@ -33,10 +34,12 @@ def _targets(ctx, param, value):
                    "it); default: ssmprune's plugins in the aot form.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None,
               help="Builder optimization level (lower builds faster; default TensorRT's).")
+@click.option("--batch-range", default=None, callback=_batch_range, metavar="MIN:OPT:MAX",
+              help="Optimisation profile of a dynamic-batch export's engines (as `build`).")
 @click.option("--labels", type=click.Path(path_type=Path), default=None,
               help="Class names, one per line in class order (default: a labels.txt the "
                    "export lists).")
-def bundle(sources, output, targets, no_plugins, opt_level, labels):
+def bundle(sources, output, targets, no_plugins, opt_level, batch_range, labels):
     """Write a folder a device needs to classify images with TensorRT, and nothing more.
 
     SOURCE is an engine file from `ssmprune build` (with its ENGINE.json) or an
@@ -53,7 +56,8 @@ def bundle(sources, output, targets, no_plugins, opt_level, labels):
         click.echo(f"building {export.name} for {target} ...", err=True)
 
     options = BundleOptions(targets=targets, plugins=not no_plugins,
-                            optimization_level=opt_level, labels=labels)
+                            optimization_level=opt_level, batch_range=batch_range,
+                            labels=labels)
     made = make_bundle(sources, output, options, on_build=building)
     for e in made.engines:
         m = e.manifest

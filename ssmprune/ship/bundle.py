@@ -24,7 +24,6 @@ The folder is written into a temporary beside it and renamed at the end
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,7 +34,7 @@ from ssmprune.errors import ConfigError, OutputPathError
 from ssmprune.limits import Bound
 from ssmprune.ship import bundle_run
 from ssmprune.ship.errors import NotShippableError
-from ssmprune.ship.sources import (LABELS_FILE, EngineSource, ExportSource, Source, batch_of,
+from ssmprune.ship.sources import (LABELS_FILE, EngineSource, ExportSource, Source,
                                    input_config, labels_of, num_classes, read_labels,
                                    read_sources, split_name)
 
@@ -72,12 +71,15 @@ class BundleOptions:
     plugins: bind ssmprune's plugins in the aot form (False: ``--no-plugins``, the custom
         nodes lowered to standard ops, which TensorRT-RTX needs).
     optimization_level: the builder's, 0-5 (None: TensorRT's default).
+    batch_range: (min, opt, max) profile for a dynamic-batch export (None: the build's
+        default, 1 to the export's largest batch).
     labels: a labels file for every engine (else: a labels.txt the export lists).
     """
 
     targets: tuple[str, ...] = ()
     plugins: bool = True
     optimization_level: Optional[int] = None
+    batch_range: Optional[tuple[int, int, int]] = None
     labels: Optional[Path] = None
 
 
@@ -215,7 +217,7 @@ def make_bundle(sources: Sequence[str], output: Path, options: BundleOptions = B
                 build = BuildOptions(targets=(t,), plugins=options.plugins,
                                      plugin_form="aot" if options.plugins else None,
                                      optimization_level=options.optimization_level,
-                                     flavour=flavour.name)
+                                     batch_range=options.batch_range, flavour=flavour.name)
                 built, path, _ = build_to_file(x.directory, tmp / f"{x.name}.{t}.engine", build)
                 manifest = read_manifest(path)
                 check_bundleable(manifest, path.name)
@@ -293,7 +295,6 @@ def readme(engines: Sequence[BundledEngine], sources: Sequence[Source],
     """The bundle's README.md: how to run it and what each engine needs."""
     export = sources[0].manifest if isinstance(sources[0], ExportSource) else sources[0].export
     cfg = input_config(sources[0], "a bundle")
-    batch = batch_of(sources[0])
     first = engines[0].manifest
     pruned = (f"pruned ({export.prune_preset or 'custom'}: keep {export.prune['keep_ratio']} "
               f"after blocks {export.prune['prune_after']})" if export.prune else "dense")
@@ -308,9 +309,12 @@ def readme(engines: Sequence[BundledEngine], sources: Sequence[Source],
                      f"{e.manifest.precision} | {plugins_needed(e.manifest)} |" for e in engines)
     inp = first.onnx["inputs"][0]
     out = first.onnx["outputs"][0]
-    batch_text = (f"static batch {batch.static}: run.py fills the last batch by repeating its "
-                  "last input" if not batch.dynamic else
-                  f"dynamic batch{f' up to {batch.high}' if batch.high else ''}")
+    rng = first.batch_range
+    batch_text = (f"dynamic batch {rng[0]} to {rng[2]} (the engine's profile): run.py sends up "
+                  f"to {rng[2]} inputs at once" if rng else
+                  f"static batch {inp['shape'][0]}: run.py fills the last batch by repeating "
+                  "its last input")
+    shape = "(" + ", ".join("N" if d == -1 else str(d) for d in inp["shape"]) + ")"
     label_text = (f"`{LABELS_FILE}`: {len(labels)} class names, one per line in class order"
                   if labels else "no labels: classes are shown by index")
     return f"""# {export.model} for TensorRT: an ssmprune bundle
@@ -347,7 +351,7 @@ version-compatible) and on the GPU architectures it was built for. A Jetson engi
 ## Model
 
 - {export.model} ({export.family}), {pruned}, {weights}
-- input `{inp['name']}`: float32 {tuple(inp['shape'])}, {batch_text}
+- input `{inp['name']}`: float32 {shape}, {batch_text}
 - preprocessing (as `ssmprune run`): shorter side resized to round({cfg['img_size']} / 0.875)
   px (bicubic), centre crop {cfg['img_size']} x {cfg['img_size']}, RGB scaled to [0, 1],
   normalised with mean {cfg['mean']} and std {cfg['std']}

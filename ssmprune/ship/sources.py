@@ -148,22 +148,18 @@ class Batch:
 def batch_of(source: Source) -> Batch:
     """The batch an export or engine takes: the one place that reads it from a manifest.
 
-    Dynamic: an engine with a ``batch_range`` (min, opt, max) or an input batch of -1; an
-    export with ``max_batch`` or a symbolic ``input.shape[0]`` (``"batch"``).
+    Dynamic: an engine with a ``batch_range`` (min, opt, max; its input batch is -1), an
+    export with ``max_batch`` (its input batch is ``"batch"``, any batch from 1 to it).
     """
     if isinstance(source, EngineSource):
-        rng = getattr(source.manifest, "batch_range", None)
-        first = source.manifest.onnx["inputs"][0]["shape"][0]
+        rng = source.manifest.batch_range
         if rng:
             return Batch(True, int(rng[0]), int(rng[2]))
-        if not isinstance(first, int) or first < 1:
-            return Batch(True, 1, None)
+        first = source.manifest.onnx["inputs"][0]["shape"][0]
         return Batch(False, first, first)
     m = source.manifest
-    first = m.input["shape"][0]
-    max_batch = getattr(m, "max_batch", None)
-    if max_batch is not None or not isinstance(first, int):
-        return Batch(True, 1, max_batch)
+    if m.dynamic:
+        return Batch(True, 1, m.max_batch)
     return Batch(False, m.batch, m.batch)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -104,23 +103,37 @@ def test_dynamic_batch_config_parses(digits_export):
 
 
 def test_batch_is_read_in_one_place(digits_export, full_engine):
-    """Static today; dynamic as the manifests write it (an export's ``max_batch`` and
+    """Static, or dynamic as the manifests write it (an export's ``max_batch`` and
     ``"batch"`` axis, an engine's ``batch_range`` and -1 axis)."""
     export, engine = read_source(str(digits_export)), read_source(str(full_engine))
     assert batch_of(export) == batch_of(engine) == Batch(False, 1, 1)
-    fake_export = SimpleNamespace(input={"shape": ["batch", 3, 32, 32]}, max_batch=8, batch=1)
-    assert batch_of(dataclasses.replace(export, manifest=fake_export)) == Batch(True, 1, 8)
-    shape = {"name": "images", "shape": [-1, 3, 32, 32], "dtype": "FLOAT"}
-    fake_engine = SimpleNamespace(onnx={"inputs": [shape]}, batch_range=[2, 4, 16])
-    dynamic = dataclasses.replace(engine, manifest=fake_engine)
+    m = export.manifest
+    dynamic_export = dataclasses.replace(export, manifest=dataclasses.replace(
+        m, max_batch=8, input={**m.input, "shape": ["batch", *m.input["shape"][1:]]}))
+    assert batch_of(dynamic_export) == Batch(True, 1, 8)
+    e = engine.manifest
+    inputs = [{**e.onnx["inputs"][0], "shape": [-1, *e.onnx["inputs"][0]["shape"][1:]]}]
+    dynamic = dataclasses.replace(engine, manifest=dataclasses.replace(
+        e, batch_range=[2, 4, 16], onnx={**e.onnx, "inputs": inputs}))
     assert batch_of(dynamic) == Batch(True, 2, 16)
     with pytest.raises(triton_repo.ConfigError, match="batch-range 1:OPT:MAX"):
         triton_repo.max_batch_size(dynamic, batch_of(dynamic), None)
     assert triton_repo.max_batch_size(export, Batch(True, 1, 8), 4) == 4
     with pytest.raises(triton_repo.ConfigError, match="above the largest batch 8"):
         triton_repo.max_batch_size(export, Batch(True, 1, 8), 9)
-    with pytest.raises(triton_repo.ConfigError, match="give --max-batch-size"):
-        triton_repo.max_batch_size(export, Batch(True, 1, None), None)
+
+
+def test_a_dynamic_batch_export_gets_the_dynamic_batcher(tmp_path):
+    """`export --batch dynamic:4`: max_batch_size 4, dims without the batch axis."""
+    from ssmprune.exporter import ExportOptions, export
+
+    folder = export(ExportOptions("vim_digits", max_batch=4), tmp_path / "dyn").directory
+    repo = tmp_path / "repo"
+    result, _, stderr = invoke("triton-repo", folder, "--max-batch-size", 3, "-o", repo)
+    assert result.exit_code == 0, stderr
+    cfg = parse_config(repo / "dyn/config.pbtxt")
+    assert cfg.max_batch_size == 3 and cfg.HasField("dynamic_batching")
+    assert list(cfg.input[0].dims) == [3, 32, 32] and list(cfg.output[0].dims) == [10]
 
 
 def test_external_data_travels_with_the_onnx(digits_export, tmp_path):
