@@ -40,6 +40,7 @@ from ssmprune.calibration.qdq import (
     qdq_placement,
     selection_nodes,
 )
+from ssmprune import defaults
 from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
 from ssmprune.exporter.manifest import (
     FORMAT,
@@ -63,19 +64,22 @@ QUANTIZERS = {"int8": _ORT,
 SCALES = {"int8": "scale amax / 127", "fp8": "scale amax / 448"}
 _ONNX_TYPES = {"int8": onnx.TensorProto.INT8, "fp8": onnx.TensorProto.FLOAT8E4M3FN}
 DEFAULT_SAMPLES = 128
+DEFAULT_METHOD = defaults.CALIBRATION_METHOD
 REPORT_FILE = "calibration.json"
 Progress = Callable[[int, int], None]  # (batches done, batches in all)
 
 
 @dataclass(frozen=True)
 class CalibrateOptions:
-    """How to quantize. ``samples``: how many calibration inputs to use at most."""
+    """How to quantize. ``samples``: how many calibration inputs to use at most;
+    ``allow_miss``: write the result even when its verdict misses the tolerance."""
 
-    method: str = "minmax"
+    method: str = DEFAULT_METHOD
     precision: str = "int8"
     samples: int = DEFAULT_SAMPLES
     per_channel: bool = True
     protect_selection: bool = True
+    allow_miss: bool = False
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -231,7 +235,8 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
     ``calibration.data``); ``holdout`` (optional) is the evaluation set of the
     report. User errors raise ``SsmpruneError`` before anything is written.
     """
-    from ssmprune.calibration.report import build_report
+    from ssmprune.calibration.report import build_report, miss_message
+    from ssmprune.parity.tolerances import ToleranceError
 
     options.validate()
     steps = steps or Steps()
@@ -275,6 +280,10 @@ def calibrate(directory: Union[str, Path], data, options: CalibrateOptions,
         with steps.step(f"report (ONNX Runtime, {options.precision} vs fp32)"):
             report = build_report(src_dir / MODEL_FILE, target, manifest, samples, held,
                                   options.precision)
+    if not report["passed"] and not options.allow_miss:
+        raise ToleranceError(f"{miss_message(report)}; nothing written (more --samples, "
+                             "another --method or --selection fp32 may help; --allow-miss "
+                             "writes it anyway)")
     source_files = {name: entry["sha256"] for name, entry in manifest.files.items()}
     fields = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(Manifest)}
     fields.update(files={}, precision=options.precision, versions=library_versions(),

@@ -1,6 +1,7 @@
 """``ssmprune calibrate`` through click: a good run, and bad input as one line, exit 2,
 nothing written."""
 
+import dataclasses
 import json
 
 import click
@@ -42,7 +43,8 @@ def test_calibrate_folder(tmp_path, source, precision):
     (images / "broken.jpg").write_bytes(b"nope")
     out, report = tmp_path / precision, tmp_path / "report.json"
     result = _run(source, "--data", images, "-o", out, "--samples", 8, "--holdout", images,
-                  "--report", report, "--precision", precision)
+                  "--report", report, "--precision", precision, "--method", "minmax",
+                  "--allow-miss")
     assert result.exit_code == 0, result.output
     assert f"({precision}, minmax, 4 samples" in result.output
     assert "skipped 1 unreadable file(s)" in result.output
@@ -112,3 +114,46 @@ def test_fp8_needs_opset_19(tmp_path, exports):  # noqa: F811
 def test_not_an_export(tmp_path):
     result = _run(tmp_path, "--data", "skimage", "-o", tmp_path / "out")
     assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+@pytest.fixture
+def impossible_tolerance(monkeypatch):
+    """Every verdict misses: top-1 agreement above 100 % (the mechanism, not a model)."""
+    from ssmprune.parity import tolerances
+
+    real = tolerances.tolerance_for
+    monkeypatch.setattr(tolerances, "tolerance_for", lambda precision, output: dataclasses.replace(
+        real(precision, output), top1=1.01))
+
+
+def test_a_missed_verdict_writes_nothing(tmp_path, source, impossible_tolerance):
+    out, report = tmp_path / "int8", tmp_path / "report.json"
+    result = _run(source, "--data", "skimage", "--samples", 4, "--holdout-samples", 4,
+                  "-o", out, "--report", report)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "misses its tolerance on the held_out set" in errors[0]
+    assert "on 4 samples" in errors[0] and "--allow-miss" in errors[0]
+    assert "Traceback" not in result.output
+    assert not out.exists() and not report.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_allow_miss_writes_and_warns(tmp_path, source, impossible_tolerance):
+    out = tmp_path / "int8"
+    result = _run(source, "--data", "skimage", "--samples", 4, "--holdout-samples", 4,
+                  "-o", out, "--allow-miss")
+    assert result.exit_code == 0, result.output
+    assert "[EXCEEDED]" in result.output and "written anyway (--allow-miss)" in result.stderr
+    assert json.loads((out / "manifest.json").read_text())["precision"] == "int8"
+
+
+def test_the_default_method_is_the_measured_best(tmp_path, source):
+    from ssmprune.defaults import CALIBRATION_METHOD
+
+    assert CALIBRATION_METHOD == "percentile"
+    out = tmp_path / "int8"
+    result = _run(source, "--data", "skimage", "--samples", 4, "--holdout-samples", 4,
+                  "-o", out, "--allow-miss")
+    assert result.exit_code == 0, result.output
+    assert "(int8, percentile, 4 samples" in result.output

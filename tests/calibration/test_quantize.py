@@ -98,7 +98,7 @@ def test_int8_matches_fp32_on_digits(tmp_path, name, pruned):
     config = read_export(src)[1].config
     # Pruned: percentile ranges from 256 scans (benchmarks/RESULTS.md, int8 on digits).
     options = (CalibrateOptions(method="percentile", samples=256) if pruned
-               else CalibrateOptions(samples=64))
+               else CalibrateOptions(method="minmax", samples=64))
     result = calibrate(src, DigitsData(config, "train"), options,
                        tmp_path / "int8", holdout=DigitsData(config, "held_out"))
     held = result.report["held_out"]["outputs"]["logits"]
