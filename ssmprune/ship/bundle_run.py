@@ -558,8 +558,11 @@ def run_engine(trt, cuda: Cuda, folder: Path, engine: Engine, sha256: str, x: np
     if hasattr(runtime, "get_engine_validity"):  # TensorRT-RTX says why before loading
         validity, diagnostics = runtime.get_engine_validity(data)
         if validity == trt.EngineValidity.INVALID:
-            raise BundleError(f"{TRT_NAMES[engine.flavour]} cannot run {engine.file} here "
-                              f"(diagnostics {int(diagnostics):#x})")
+            flags = getattr(trt, "EngineInvalidityDiagnostics", None)
+            reasons = [m for m, v in getattr(flags, "__members__", {}).items()
+                       if int(diagnostics) & int(v)]
+            raise BundleError(f"{TRT_NAMES[engine.flavour]} cannot run {engine.file} here: "
+                              f"{', '.join(reasons) or 'invalid'}")
     loaded = runtime.deserialize_cuda_engine(data)
     if loaded is None:
         raise BundleError(f"TensorRT could not deserialize {engine.file}")

@@ -271,3 +271,158 @@ def test_a_failed_build_leaves_nothing(digits_export, tmp_path, monkeypatch):
         bundle.make_bundle([str(digits_export)], tmp_path / "b",
                            bundle.BundleOptions(targets=("sm_86",), plugins=False))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- run.py's TensorRT
+# part, against stand-ins for TensorRT and the CUDA driver (no GPU here): the buffers, the
+# batches, the output as printed.
+
+
+class FakeCuda:
+    """Device memory as host arrays keyed by made-up pointers."""
+
+    def __init__(self, arch="sm_86"):
+        self.memory, self.next, self._arch = {}, 4096, arch
+
+    def arch(self):
+        return self._arch
+
+    def driver_version(self):
+        return (12, 4)
+
+    def alloc(self, nbytes):
+        self.next += 4096
+        self.memory[self.next] = bytearray(nbytes)
+        return self.next
+
+    def free(self, ptr):
+        del self.memory[ptr]
+
+    def to_device(self, ptr, array):
+        self.memory[ptr][:array.nbytes] = array.tobytes()
+
+    def to_host(self, array, ptr):
+        array[...] = np.frombuffer(bytes(self.memory[ptr][:array.nbytes]), array.dtype).reshape(
+            array.shape)
+        return array
+
+    def synchronize(self):
+        pass
+
+
+def fake_tensorrt(cuda: FakeCuda, version: str, weights: np.ndarray):
+    """A TensorRT module whose engine computes logits = mean over pixels per channel @ weights."""
+    from types import SimpleNamespace
+
+    class Context:
+        def __init__(self):
+            self.shapes, self.addresses = {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+
+        def get_tensor_shape(self, name):
+            return (self.shapes["images"][0], weights.shape[1])
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = ptr
+
+        def execute_async_v3(self, stream):
+            shape = self.shapes["images"]
+            x = np.frombuffer(bytes(cuda.memory[self.addresses["images"]]), np.float32)
+            x = x[:int(np.prod(shape))].reshape(shape)
+            out = (x.mean(axis=(2, 3)) @ weights).astype(np.float32)
+            cuda.memory[self.addresses["logits"]][:out.nbytes] = out.tobytes()
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i):
+            return ("images", "logits")[i]
+
+        def get_tensor_mode(self, name):
+            return "in" if name == "images" else "out"
+
+        def get_tensor_dtype(self, name):
+            return np.float32
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return Engine()
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    return SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime,
+                           TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype)
+
+
+@needs_rtx
+def test_run_py_runs_an_engine_and_names_the_classes(bundle_copy, photos, monkeypatch,
+                                                      capsys):
+    """Three images through a batch-1 engine: three batches, each image its own logits,
+    the classes named from labels.txt; then another TensorRT version, another GPU."""
+    labels = [f"digit {i}" for i in range(10)]
+    (bundle_copy / "labels.txt").write_text("\n".join(labels) + "\n")
+    with open(bundle_copy / "SHA256SUMS", "a") as sums:
+        sums.write(f"{hashlib.sha256((bundle_copy / 'labels.txt').read_bytes()).hexdigest()}"
+                   "  labels.txt\n")
+    version = engine_json(bundle_copy)["tensorrt"]["version"]
+    weights = np.arange(30, dtype=np.float32).reshape(3, 10) / 10
+    cuda = FakeCuda()
+    monkeypatch.setattr(bundle_run, "Cuda", lambda: cuda)
+    monkeypatch.setattr(bundle_run, "import_tensorrt",
+                        lambda flavour, v: fake_tensorrt(cuda, version, weights))
+    images = [str(p) for p in photos[:3]]
+    assert bundle_run.main([*images, "--top", "2", "--repeats", "2"], folder=bundle_copy) == 0
+    out = capsys.readouterr().out.splitlines()
+    engine = bundle_run.read_engine(bundle_copy, next(p.name for p in
+                                                      bundle_copy.glob("*.engine.json")))
+    x, _ = bundle_run.prepare_inputs(images, engine, resize=True)
+    expected = bundle_run.top_k(x.mean(axis=(2, 3)) @ weights, 2)
+    assert out[0].startswith(f"{engine.file}: vim_digits on sm_86 with TensorRT-RTX {version}")
+    for line, name, best in zip(out[1:4], images, expected):
+        shown = ", ".join(f"{c} (digit {c}): {p:.4f}" for c, p in best)
+        assert line == f"{name}: top-2 classes {shown}"
+    assert out[4].startswith("latency ") and "batch of 1 (median of 2)" in out[4]
+    assert cuda.memory == {}  # every buffer freed
+
+    monkeypatch.setattr(bundle_run, "import_tensorrt",
+                        lambda flavour, v: fake_tensorrt(cuda, "1.8.0.1", weights))
+    assert bundle_run.main(images[:1], folder=bundle_copy) == 2
+    assert "this machine has 1.8.0.1" in capsys.readouterr().err
+    monkeypatch.setattr(bundle_run, "Cuda", lambda: FakeCuda("sm_90"))
+    monkeypatch.setattr(bundle_run, "import_tensorrt",
+                        lambda flavour, v: fake_tensorrt(cuda, version, weights))
+    assert bundle_run.main(images[:1], folder=bundle_copy) == 2
+    assert "built for sm_86, this GPU is sm_90" in capsys.readouterr().err
+
+
+def test_run_py_picks_the_engine_for_this_gpu():
+    def engine(file, targets, hardware_compatible=False):
+        return bundle_run.Engine(
+            file=file, flavour="tensorrt_rtx", version="1", version_compatible=False,
+            targets=targets, built_on=None, hardware_compatible=hardware_compatible,
+            plugin_form=None, ptx_version=None, input_name="images", input_shape=[1, 3, 2, 2],
+            batch_range=None, img_size=2, in_chans=3, mean=[0.0] * 3, std=[1.0] * 3, model="m")
+
+    engines = [engine("a.sm_86.engine", ["sm_86"]), engine("a.sm_89.engine", ["sm_89"])]
+    assert bundle_run.pick_engine(engines, None, "sm_89").file == "a.sm_89.engine"
+    assert bundle_run.pick_engine(engines, "a.sm_86.engine", "sm_89").file == "a.sm_86.engine"
+    assert bundle_run.pick_engine(engines, None, None) is None  # not known before the GPU is
+    with pytest.raises(bundle_run.BundleError, match="no engine of this bundle is built for"):
+        bundle_run.pick_engine(engines, None, "sm_120")
+    with pytest.raises(bundle_run.BundleError, match="--engine b: not an engine"):
+        bundle_run.pick_engine(engines, "b", "sm_86")
+    assert bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_90")
+    assert not bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_75")
