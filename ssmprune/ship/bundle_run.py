@@ -210,6 +210,11 @@ def bundle_engines(folder: Path, sums: dict[str, str]) -> list[Engine]:
     if unlisted:
         raise BundleError(f"{', '.join(unlisted)} is not listed in {SUMS_FILE}: its sha256 "
                           "cannot be checked; refusing it")
+    for e, name in zip(engines, manifests):
+        recorded = json.loads((folder / name).read_text(encoding="utf-8"))["engine"]
+        if recorded.get("sha256") != sums[e.file]:
+            raise BundleError(f"{e.file}: its manifest records another sha256 than "
+                              f"{SUMS_FILE}: not the engine its manifest describes")
     if not engines:
         raise BundleError(f"{SUMS_FILE} lists no engine manifest (*.engine.json)")
     return engines

@@ -426,3 +426,20 @@ def test_run_py_picks_the_engine_for_this_gpu():
         bundle_run.pick_engine(engines, "b", "sm_86")
     assert bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_90")
     assert not bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_75")
+
+
+@needs_rtx
+def test_run_py_refuses_an_engine_its_manifest_does_not_describe(bundle_copy):
+    """Both listed with matching sums, but the manifest names another engine's sha256."""
+    import json
+
+    (path,) = bundle_copy.glob("*.engine.json")
+    data = json.loads(path.read_text())
+    data["engine"]["sha256"] = "0" * 64
+    path.write_text(json.dumps(data))
+    sums = (bundle_copy / "SHA256SUMS").read_text().splitlines()
+    new = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle_copy / "SHA256SUMS").write_text("".join(
+        (f"{new}  {path.name}" if s.endswith(path.name) else s) + "\n" for s in sums))
+    line = _one_error_line(run_clean(bundle_copy / "run.py", "--check"))
+    assert "its manifest records another sha256" in line
