@@ -1,8 +1,9 @@
 """The ``ssmprune`` command line: a package of thin click commands over the library.
 
 One module per command family (``models``: info, visualize; ``run``; ``export``;
-``parity``; ``calibrate``; ``engine``: build; ``doctor``); nothing below the CLI
-imports it. Heavy imports (torch and everything that pulls it in) happen inside
+``parity``; ``calibrate``; ``engine``: build; ``doctor``; ``measure``: bench,
+eval, sweep; ``ship``: bundle, triton-repo); options several of them share are
+in ``options``; nothing below the CLI imports it. Heavy imports (torch and everything that pulls it in) happen inside
 the commands so ``--help`` is instant. A user error (``SsmpruneError``) is
 printed as one line with exit status 2; every run ends with a one-line summary
 on stderr: ``PASSED | Runtime: 1.2s | Command: ...``.

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import click
 
-
-def _batch_range(ctx, param, value):
-    """--batch-range MIN:OPT:MAX -> (min, opt, max), each a bounded batch."""
-    if value is None:
-        return None
-    from ssmprune import limits
-    from ssmprune.errors import ConfigError
-
-    parts = value.split(":")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise ConfigError(f"--batch-range {value!r}: give MIN:OPT:MAX, e.g. 1:8:32")
-    return tuple(limits.BATCH.check("--batch-range", int(p)) for p in parts)
+from ssmprune.cli.options import batch_range
 
 
 def _targets(ctx, param, value):
@@ -58,7 +47,7 @@ def _targets(ctx, param, value):
               help="PTX ISA of the aot plugins' kernels, e.g. 8.4: the newest the oldest "
                    "driver that will run the engine accepts (default: the newest this "
                    "machine's driver accepts).")
-@click.option("--batch-range", default=None, callback=_batch_range, metavar="MIN:OPT:MAX",
+@click.option("--batch-range", default=None, callback=batch_range, metavar="MIN:OPT:MAX",
               help="Optimisation profile of a dynamic-batch export (`export --batch dynamic`): "
                    "the batches the engine runs, tuned at OPT (default 1:min(8,MAX):MAX, MAX "
                    "the export's).")

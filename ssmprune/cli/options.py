@@ -101,3 +101,13 @@ def batch_spec(ctx, param, value):
     except ValueError:
         raise ConfigError(f"--batch {value!r}: give a number or dynamic[:MAX]") from None
     return limits.BATCH.check("--batch", static), None
+
+
+def batch_range(ctx, param, value):
+    """--batch-range MIN:OPT:MAX -> (min, opt, max), each a bounded batch."""
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"--batch-range {value!r}: give MIN:OPT:MAX, e.g. 1:8:32")
+    return tuple(limits.BATCH.check("--batch-range", int(p)) for p in parts)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ssmprune import limits
-from ssmprune.cli.engine import _batch_range
+from ssmprune.cli.options import batch_range
 from ssmprune.ship.triton_repo import INSTANCES  # light: onnx is imported when used
 
 
@@ -34,7 +34,7 @@ def _targets(ctx, param, value):
                    "it); default: ssmprune's plugins in the aot form.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None,
               help="Builder optimization level (lower builds faster; default TensorRT's).")
-@click.option("--batch-range", default=None, callback=_batch_range, metavar="MIN:OPT:MAX",
+@click.option("--batch-range", default=None, callback=batch_range, metavar="MIN:OPT:MAX",
               help="Optimisation profile of a dynamic-batch export's engines (as `build`).")
 @click.option("--labels", type=click.Path(path_type=Path), default=None,
               help="Class names, one per line in class order (default: a labels.txt the "

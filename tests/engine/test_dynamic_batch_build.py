@@ -17,19 +17,18 @@ from ssmprune.engine.errors import EngineFileError, UnsupportedBuildOptionError
 from ssmprune.engine.runtime import check_engine
 from ssmprune.exporter import ExportOptions, export
 from ssmprune.parity.runners import engine_runtime
+from exporter.export_cases import DYNAMIC_MAX, dynamic_digits_export  # noqa: F401
 
 needs_rtx = pytest.mark.skipif(trt_mod.installed("tensorrt_rtx") is None,
                                reason="TensorRT-RTX (tensorrt_rtx_bindings) is not installed")
-MAX = 16
+MAX = DYNAMIC_MAX
 
 
 @pytest.fixture(scope="module")
-def digits_exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dynamic-build")
-    dynamic = export(ExportOptions("vim_digits", prune="vim_digits_top", max_batch=MAX),
-                     root / "dynamic").directory
-    static = export(ExportOptions("vim_digits", batch=2), root / "static").directory
-    return dynamic, static
+def digits_exports(tmp_path_factory, dynamic_digits_export):  # noqa: F811
+    static = export(ExportOptions("vim_digits", batch=2),
+                    tmp_path_factory.mktemp("static") / "vim_digits").directory
+    return dynamic_digits_export, static
 
 
 @pytest.fixture(scope="module")

@@ -82,3 +82,13 @@ def vim_digits_export(tmp_path_factory) -> Path:
     """``ssmprune export vim_digits``: dense, its embedded weights, batch 1 (the smallest real
     export; the CLI tests of manifests tamper with copies of it)."""
     return export(ExportOptions("vim_digits"), tmp_path_factory.mktemp("digits") / "vim").directory
+
+
+DYNAMIC_MAX = 16
+
+
+@pytest.fixture(scope="session")
+def dynamic_digits_export(tmp_path_factory) -> Path:
+    """``ssmprune export vim_digits --prune vim_digits_top --batch dynamic:16``."""
+    return export(ExportOptions("vim_digits", prune="vim_digits_top", max_batch=DYNAMIC_MAX),
+                  tmp_path_factory.mktemp("dynamic") / "vim_digits_top").directory

@@ -14,33 +14,24 @@ import pytest
 import torch
 
 from cli_helpers import assert_one_line_error, invoke
-from exporter.export_cases import CASES
-from ssmprune.exporter import ExportOptions, export
+from exporter.export_cases import DYNAMIC_MAX, dynamic_digits_export, exports  # noqa: F401
 from ssmprune.exporter.manifest import read_export
 from ssmprune.exporter.export import model_from_manifest
 from ssmprune.parity.compare import run_parity
 from ssmprune.parity.runners import CPU_PROVIDER, onnxrt_session
 
-MAX = 8
+MAX = DYNAMIC_MAX
 BATCHES = (1, 3, 8)
-DYNAMIC = {
-    "vim_t_pruned": dict(model=CASES["vim_pruned"].model, prune=CASES["vim_pruned"].prune,
-                         overrides=CASES["vim_pruned"].overrides),
-    "plainmamba_pruned": dict(model=CASES["plainmamba_pruned"].model,
-                              prune=CASES["plainmamba_pruned"].prune,
-                              overrides=CASES["plainmamba_pruned"].overrides),
-    "vim_digits_top": dict(model="vim_digits", prune="vim_digits_top"),
-}
+SMALL = ("vim_pruned", "plainmamba_pruned")  # small pruned vim_t and plainmamba_l1
 
 
 @pytest.fixture(scope="module")
-def dynamic_exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dynamic")
-    return {name: export(ExportOptions(max_batch=MAX, **kw), root / name).directory
-            for name, kw in DYNAMIC.items()}
+def dynamic_exports(exports, dynamic_digits_export):  # noqa: F811
+    out = {case: exports.get(case, max_batch=MAX).directory for case in SMALL}
+    return {**out, "vim_digits_top": dynamic_digits_export}
 
 
-@pytest.mark.parametrize("name", DYNAMIC)
+@pytest.mark.parametrize("name", [*SMALL, "vim_digits_top"])
 def test_one_file_runs_every_batch(dynamic_exports, name):
     directory, manifest = read_export(dynamic_exports[name])
     assert manifest.max_batch == MAX and manifest.dynamic and manifest.batch == 1
@@ -84,7 +75,7 @@ def test_run_takes_the_images_in_one_batch(dynamic_exports, tmp_path):
         Image.fromarray(getattr(data, name)()).save(files[-1])
     result, stdout, _ = invoke("run", dynamic_exports["vim_digits_top"], *files)
     assert result.exit_code == 0, result.output
-    assert "dynamic batch 1 to 8" in stdout and "input (3, 3, 32, 32)" in stdout
+    assert f"dynamic batch 1 to {MAX}" in stdout and "input (3, 3, 32, 32)" in stdout
 
 
 @pytest.mark.parametrize("spec, fragment", [
