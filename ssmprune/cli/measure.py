@@ -19,8 +19,8 @@ iterations, seconds, threads}; `targets`, one per TARGET: {name, kind
 runtimes, file_mib, gflops, img_size, num_classes}; `results`, one per
 (target, runtime, batch): {target, runtime, batch, where, iterations,
 p50_ms, p90_ms, p99_ms, mean_ms, images_per_s (batch * 1000 / mean_ms),
-peak_memory_mib (peak resident memory growth during one run; null for
-engines), ratio (p50 / p50 of `ratio_to`, the first target measured in that
+peak_rss_mib (the process's peak resident memory during one more run: every
+target loaded counts; null for engines), ratio (p50 / p50 of `ratio_to`, the first target measured in that
 runtime and batch), ratio_to, speedup (1 / ratio)}; `skipped`: {target,
 runtime, batch, reason}, one per skip."""
 
@@ -95,8 +95,11 @@ def bench_command(targets, batch_text, runtimes_text, warmup, iterations, second
     runtimes = None if runtimes_text is None else bounds.name_list("--runtimes", runtimes_text,
                                                                     RUNTIMES)
     if plot_path is not None:
+        from ssmprune.measure.plot import MISSING, available
         from ssmprune.outputs import prepare_output
 
+        if not available():
+            raise ConfigError(f"--plot: {MISSING}")
         prepare_output(plot_path, "file", inputs=targets, option="--plot")
     _set_threads(threads)
 
@@ -108,9 +111,9 @@ def bench_command(targets, batch_text, runtimes_text, warmup, iterations, second
     options = _model_options(checkpoint, seed, img_size, preset, keep_ratio, prune_after,
                              importance, alignment)
     resolved, skipped = resolve_bench_targets(list(targets), options)
-    console = _console()
-    with console.status("bench ...", spinner="dots") as status:
-        result = bench(resolved, settings, skipped, lambda line: status.update(f"bench {line}"))
+    # Progress as plain lines: a live display's refresh thread competes with the timed
+    # runs for the GIL (vim_digits at batch 1: 8 ms alone, 880 ms under a rich spinner).
+    result = bench(resolved, settings, skipped, _group_progress)
     for skip in result.skipped:
         click.echo(f"skipped: {skip['reason']}", err=True)
     data = result.to_dict()
@@ -127,6 +130,40 @@ def bench_command(targets, batch_text, runtimes_text, warmup, iterations, second
         click.echo(f"wrote {plot_path}", err=True)
 
 
+def _group_progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+class _LineSteps:
+    """``exporter.progress.Steps`` shown as one stderr line per step when it starts and
+    one when it ends: no live display, whose refresh thread would slow the timed runs."""
+
+    def __init__(self):
+        from ssmprune.exporter.progress import Steps
+
+        self._steps = Steps()
+        self.seconds = self._steps.seconds
+        self.console = _console()
+
+    def step(self, title: str):
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def shown():
+            self.console.print(f"  {title} ...", highlight=False, soft_wrap=True)
+            start, ok = time.perf_counter(), False
+            try:
+                with self._steps.step(title):
+                    yield
+                ok = True
+            finally:
+                mark = "[green]done[/green]" if ok else "[red]failed[/red]"
+                self.console.print(f"  {title:<36} {mark} {time.perf_counter() - start:6.1f}s",
+                                   highlight=False, soft_wrap=True)
+        return shown()
+
+
 def _console(stderr: bool = True):
     from rich.console import Console
 
@@ -141,10 +178,10 @@ def _bench_table(data) -> None:
     table = Table(title=f"{m['cpu']} ({m['cores']} cores, AVX-512 "
                         f"{'yes' if m['avx512'] else 'no'}), {m['date']}")
     for col in ("target", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-                "peak MiB", "ratio"):
+                "peak RSS MiB", "ratio"):
         table.add_column(col, justify="left" if col in ("target", "runtime") else "right")
     for r in data["results"]:
-        mem = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.1f}"
+        mem = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.1f}"
         ratio = "1 (base)" if r["target"] == r["ratio_to"] else f"{r['ratio']:.3f}"
         table.add_row(r["target"], r["runtime"], str(r["batch"]), f"{r['p50_ms']:.2f}",
                       f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}",
@@ -201,8 +238,8 @@ def eval_command(target, data_spec, labels_file, reference, batch, threads, no_r
     main = resolved[0]
     data = labelled_from_spec(data_spec, main.num_classes, main.input_name, main.sample_shape,
                               labels_file, not no_resize)
-    with _console().status(f"eval on {len(data)} inputs ...", spinner="dots"):
-        record = evaluate(main, data, resolved[1] if reference else None, batch, threads)
+    click.echo(f"eval on {len(data)} inputs of {data.source} ...", err=True)
+    record = evaluate(main, data, resolved[1] if reference else None, batch, threads)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
     if as_json:
@@ -267,7 +304,7 @@ def sweep_command(model, checkpoint, seed, img_size, ratios_text, prune_after_te
 
     Writes OUT/sweep.json (every point: keep_ratio, precision, prune, export,
     gflops, tokens_per_block, top1, top5, correct_top1, correct_top5, p50_ms,
-    p90_ms, p99_ms, images_per_s, peak_memory_mib, speedup_vs_dense), OUT/sweep.md
+    p90_ms, p99_ms, images_per_s, peak_rss_mib, speedup_vs_dense), OUT/sweep.md
     (the table) and OUT/sweep.png (accuracy vs latency and vs GFLOPs, one curve
     per precision, the dense point starred). A finished point (its export and
     result present and valid) is not redone.
@@ -282,15 +319,14 @@ def sweep_command(model, checkpoint, seed, img_size, ratios_text, prune_after_te
     out = prepare_output(out_dir, "dir", inputs=inputs)
     _set_threads(threads)
 
-    from ssmprune.exporter.progress import RichSteps
     from ssmprune.measure.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, SweepOptions, sweep
 
     options = SweepOptions(model, ratios, data_spec, precisions, prune_after, importance,
                            alignment, checkpoint, seed, img_size, labels_file, calibration_data,
                            calibration_samples, method, batch, warmup, iterations, threads)
-    steps = RichSteps()
+    steps = _LineSteps()
     summary = sweep(options, out, steps, note=lambda line: steps.console.print(
-        f"  {line}", highlight=False))
+        f"  {line}", highlight=False, soft_wrap=True))
     for line in (out / SWEEP_MD).read_text().splitlines()[4:]:
         click.echo(line)
     click.echo(f"wrote {out / SWEEP_JSON}, {out / SWEEP_MD}, {out / SWEEP_PNG} "

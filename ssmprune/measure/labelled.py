@@ -9,8 +9,9 @@
                     time, so a large set is never held at once.
     digits:PART     ``digits:held_out`` (360) or ``digits:train`` (1,437), through
                     ``calibration.data.DigitsData`` (ten classes, 0..9)
-    FILE.npz        the preprocessed inputs under the model's input name and
-                    ``labels`` (n,), through ``calibration.data.NpzData``
+    FILE.npz        the preprocessed inputs (n, c, s, s) under the model's input name
+                    (``images``) or ``x``, and ``labels`` (n,), through
+                    ``calibration.data.NpzData``
 
 Checked before anything runs, each a one-line error: no image, an image file
 outside any class folder only, a class folder missing from ``--labels``, a
@@ -32,6 +33,7 @@ from ssmprune.errors import BadInputFileError, ConfigError, InputShapeError
 from ssmprune.measure.bounds import MAX_LABELS
 
 DIGITS_CLASSES = 10
+X_KEY = "x"  # an .npz's inputs when not under the model's input name
 
 
 @dataclass
@@ -192,7 +194,14 @@ def npz_set(path: str | Path, input_name: str, sample_shape: tuple, num_classes:
     """An .npz of preprocessed inputs and ``labels`` (``calibration.data.NpzData``)."""
     from ssmprune.calibration.data import LABELS_KEY, NpzData
 
-    samples = NpzData(path).load(input_name, sample_shape)
+    key = input_name
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if input_name not in npz.files and X_KEY in npz.files:
+                key = X_KEY
+    except (OSError, ValueError, EOFError):
+        pass  # NpzData says what is wrong with the file
+    samples = NpzData(path).load(key, sample_shape)
     if samples.labels is None:
         raise BadInputFileError(f"{path} has no {LABELS_KEY!r} array: eval needs labels")
     labels = samples.labels

@@ -9,11 +9,11 @@ hold better than the absolute times. Rounds stop after ``iterations``, or once
 
 Per (target, runtime, batch): p50 / p90 / p99 / mean of the per-run latencies
 (numpy's linear percentiles, ms), throughput ``batch * 1000 / mean_ms``
-(images/s), and peak memory: how far the process's peak resident set rises
-above its resident set during one more run (Linux ``/proc/self/status``
-VmHWM after resetting it through ``/proc/self/clear_refs``; activations and
-workspace, the weights being resident already), null where that cannot be read
-or for engines, whose memory is on the GPU. ``ratio`` is a target's p50 over
+(images/s), and peak memory: the process's peak resident set during one more
+run (Linux ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``
+first): the whole process, so every target loaded and the libraries count, not
+this target alone (its own size is the target's ``file_mib``); null where it
+cannot be read, and for engines, whose memory is on the GPU. ``ratio`` is a target's p50 over
 the first target's p50 in the same runtime and batch (``ratio_to`` names it),
 ``speedup`` its inverse.
 
@@ -35,7 +35,7 @@ from ssmprune import limits
 from ssmprune.measure.targets import RUNTIMES, ModelOptions, Runner, Target, batch_skip
 
 MIN_ROUNDS = 3
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # one line per runtime and batch, before its runs
 
 
 @dataclass
@@ -129,11 +129,11 @@ def _status_kib(key: str) -> int:
     raise OSError(f"no {key} in /proc/self/status")
 
 
-def peak_memory_growth(fn: Callable[[], Any]) -> Optional[float]:
-    """MiB the process's peak resident set rises above its resident set while ``fn()`` runs
-    (Linux: VmHWM reset through /proc/self/clear_refs); None where it cannot be read."""
+def peak_rss(fn: Callable[[], Any]) -> Optional[float]:
+    """The process's peak resident set (MiB) while ``fn()`` runs: Linux's VmHWM, reset to
+    the current resident set through /proc/self/clear_refs first; None where it cannot
+    be read (not Linux)."""
     try:
-        before = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
@@ -141,7 +141,7 @@ def peak_memory_growth(fn: Callable[[], Any]) -> Optional[float]:
         return None
     fn()
     try:
-        return round(max(0, _status_kib("VmHWM") - before) / 1024, 2)
+        return round(_status_kib("VmHWM") / 1024, 1)
     except OSError:
         return None
 
@@ -165,8 +165,7 @@ def _inputs(target: Target, batch: int) -> np.ndarray:
 
 
 def time_round_robin(cases: list[_Case], warmup: int, iterations: Optional[int],
-                     seconds: Optional[float], progress: Optional[Progress] = None,
-                     label: str = "") -> None:
+                     seconds: Optional[float]) -> None:
     """Warm every case up, then timed rounds of one run per case, in turn (``case.times``, ms)."""
     for case in cases:
         for _ in range(warmup):
@@ -178,9 +177,6 @@ def time_round_robin(cases: list[_Case], warmup: int, iterations: Optional[int],
             case.run()
             case.times.append((time.perf_counter() - t0) * 1e3)
         rounds += 1
-        if progress is not None:
-            total = f"/{iterations}" if iterations else f", {time.perf_counter() - start:.0f}s"
-            progress(f"{label} round {rounds}{total}")
         if iterations is not None and rounds >= iterations:
             return
         if seconds is not None and time.perf_counter() - start >= seconds and \
@@ -223,18 +219,22 @@ def bench(targets: list[Target], settings: BenchSettings, skipped=(),
                     cases.append(_Case(t, runners[id(t)], _inputs(t, batch)))
                 if not cases:
                     continue
-                time_round_robin(cases, settings.warmup, settings.iterations, settings.seconds,
-                                 progress, f"{runtime} batch {batch}:")
+                if progress is not None:
+                    rounds = (f"{settings.iterations} rounds" if settings.iterations
+                              else f"{settings.seconds:g} s")
+                    progress(f"timing {runtime} batch {batch}: {len(cases)} target(s), "
+                             f"{settings.warmup} warm-up runs, {rounds}")
+                time_round_robin(cases, settings.warmup, settings.iterations, settings.seconds)
                 base, base_name = None, None
                 for case in cases:
                     stats = percentiles(case.times, batch)
                     if base is None:
                         base, base_name = stats["p50_ms"], case.target.name
-                    memory = None if runtime == "trt" else peak_memory_growth(case.run)
+                    memory = None if runtime == "trt" else peak_rss(case.run)
                     result.results.append({
                         "target": case.target.name, "runtime": runtime, "batch": batch,
                         "where": case.runner.where, "iterations": len(case.times), **stats,
-                        "peak_memory_mib": memory,
+                        "peak_rss_mib": memory,
                         "ratio": round(stats["p50_ms"] / base, 4), "ratio_to": base_name,
                         "speedup": round(base / stats["p50_ms"], 4)})
         finally:

@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp8": "D"}
+MISSING = "matplotlib is not installed (pip install 'ssmprune[plot]')"
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported (the ``[plot]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():
@@ -66,7 +74,7 @@ def sweep_plot(points: list[dict[str, Any]], title: str, path: Path) -> None:
             ys = [100 * p["top1"] for p in pts]
             ax.plot(xs, ys, marker=MARKERS.get(precision, "o"), color=f"C{i}", label=precision)
             for p, x, y in zip(pts, xs, ys):
-                ax.annotate(f"{p['keep_ratio']:g}", (x, y), textcoords="offset points",
+                ax.annotate(str(p['keep_ratio']), (x, y), textcoords="offset points",
                             xytext=(4, 4), fontsize=8, color=f"C{i}")
                 if p["keep_ratio"] == 1.0:
                     ax.scatter([x], [y], marker="*", s=260, color=f"C{i}", edgecolor="black",

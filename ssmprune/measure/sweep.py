@@ -198,6 +198,23 @@ def _read_result(path: Path, key: dict) -> Optional[dict]:
     return record
 
 
+def calibration_verdict(directory: Path) -> Optional[dict[str, Any]]:
+    """calibrate's verdict on a quantized export (its calibration.json): passed, the set
+    it was judged on, top-1 agreement per output, and one line for a miss; None when the
+    report is absent or unreadable."""
+    from ssmprune.calibration.quantize import REPORT_FILE
+    from ssmprune.calibration.report import miss_message
+
+    try:
+        report = json.loads((directory / REPORT_FILE).read_text())
+        verdicts = report["verdict"]
+        return {"passed": bool(report["passed"]), "judged_on": report["judged_on"],
+                "top1_agreement": {k: v["top1"] for k, v in verdicts.items()},
+                "summary": "" if report["passed"] else miss_message(report)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _write_json(path: Path, data: Any) -> None:
     from ssmprune.outputs import atomic_file
 
@@ -257,11 +274,19 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
             data = data_from_spec(options.calibration_data, fp32.config, fp32.input["name"],
                                   count=options.calibration_samples)
             with steps.step(f"{pid} calibrate ({precision}, {options.method})"):
+                # A point that misses calibrate's verdict is still a point of the curve: it
+                # is written (allow_miss) and its verdict recorded and shown.
                 quantized = calibrate(fp32_dir, data, CalibrateOptions(
-                    options.method, precision, options.calibration_samples), export_dir).manifest
+                    method=options.method, precision=precision,
+                    samples=options.calibration_samples, allow_miss=True), export_dir).manifest
             _record_export(export_dir, q_key, quantized)
         else:
             note(f"{pid} {precision}: calibrated export verified, reused")
+        verdict = calibration_verdict(export_dir)
+        if verdict is not None and not verdict["passed"]:
+            note(f"{pid} {precision}: {verdict['summary']}")
+    else:
+        verdict = None
     target = file_target(str(export_dir))
     target.name = str(export_dir.relative_to(out))
     labelled = labelled_from_spec(options.data, target.num_classes, target.input_name,
@@ -281,8 +306,8 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
                                           "top5")},
               "batch": row["batch"],
               **{k: row[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s",
-                                     "peak_memory_mib", "where")},
-              "key": key, "machine": timing.machine}
+                                     "peak_rss_mib", "where")},
+              "calibration_verdict": verdict, "key": key, "machine": timing.machine}
     _write_json(result_path, record)
     return record
 
@@ -290,6 +315,8 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
 def sweep(options: SweepOptions, out_dir: str | Path, steps: Optional[Steps] = None,
           note: Note = lambda line: None) -> dict[str, Any]:
     """Run (or resume) every point, then write sweep.json, sweep.md and sweep.png."""
+    from ssmprune.measure.plot import MISSING as PLOT_MISSING
+    from ssmprune.measure.plot import available as plot_available
     from ssmprune.measure.plot import sweep_plot
     from ssmprune.outputs import atomic_file
 
@@ -315,9 +342,20 @@ def sweep(options: SweepOptions, out_dir: str | Path, steps: Optional[Steps] = N
     title = (f"ssmprune sweep {options.model}: pruning after blocks "
              f"{','.join(map(str, options.prune_after or ()))} ({options.importance}, "
              f"{options.alignment}), {options.data}, ONNX Runtime batch {options.batch}")
-    with atomic_file(out / SWEEP_PNG) as tmp:
-        sweep_plot(points, title, tmp)
+    if plot_available():
+        with atomic_file(out / SWEEP_PNG) as tmp:
+            sweep_plot(points, title, tmp)
+    else:
+        note(f"{SWEEP_PNG} not drawn: {PLOT_MISSING}")
     return summary
+
+
+def _verdict_cell(verdict: Optional[dict]) -> str:
+    """pass / MISS with the top-1 agreement calibrate judged, or "" for fp32."""
+    if not verdict:
+        return ""
+    agree = ", ".join(f"{100 * v:.1f} %" for v in verdict["top1_agreement"].values())
+    return f"{'pass' if verdict['passed'] else 'MISS'} ({agree} on {verdict['judged_on']})"
 
 
 def markdown_table(options: SweepOptions, points: list[dict[str, Any]]) -> list[str]:
@@ -331,8 +369,8 @@ def markdown_table(options: SweepOptions, points: list[dict[str, Any]]) -> list[
                 f"{options.calibration_data})" if set(options.precisions) - {"fp32"} else "")
              + ".", "",
              "| keep ratio | precision | tokens per block | GFLOPs | top-1 % | top-5 % | "
-             "p50 ms | p90 ms | images/s | speedup vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "p50 ms | p90 ms | images/s | speedup vs dense | calibration verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     from ssmprune.models.summary import compress_runs
 
     for p in points:
@@ -341,5 +379,6 @@ def markdown_table(options: SweepOptions, points: list[dict[str, Any]]) -> list[
         lines.append(f"| {p['keep_ratio']:g}{dense} | {p['precision']} | "
                      f"{compress_runs(p['tokens_per_block'])} | {p['gflops']:.4f} | "
                      f"{100 * p['top1']:.2f} | {100 * p['top5']:.2f} | {p['p50_ms']:.2f} | "
-                     f"{p['p90_ms']:.2f} | {p['images_per_s']:.1f} | {speed} |")
+                     f"{p['p90_ms']:.2f} | {p['images_per_s']:.1f} | {speed} | "
+                     f"{_verdict_cell(p.get('calibration_verdict'))} |")
     return lines

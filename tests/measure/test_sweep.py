@@ -1,0 +1,98 @@
+"""``ssmprune sweep`` (ssmprune/measure/sweep.py): its numbers are eval's for the same
+points, GFLOPs are the model's, the files, resuming, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SWEEP_ARGS
+
+from cli_helpers import assert_one_line_error, flip_a_weight_bit, invoke
+from ssmprune.models import create_model
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_points_equal_eval_of_the_same_exports(digits_sweep):
+    out, summary, _ = digits_sweep
+    points = summary["points"]
+    assert [(p["keep_ratio"], p["precision"]) for p in points] == [
+        (1.0, "fp32"), (1.0, "int8"), (0.9, "fp32"), (0.9, "int8")]
+    for p in points:
+        result, stdout, stderr = invoke("eval", out / p["export"], "--data", "digits:held_out",
+                                        "--json", "--threads", "1")
+        assert result.exit_code == 0, stderr
+        record = json.loads(stdout)
+        for key in ("samples", "correct_top1", "correct_top5", "top1", "top5"):
+            assert p[key] == record[key], (p["id"], p["precision"], key)
+        assert record["target"]["precision"] == p["precision"]
+    # fp32 in ONNX Runtime gives RESULTS.md's figures (97.5 %, 74.4 %).
+    assert [p["correct_top1"] for p in points if p["precision"] == "fp32"] == [351, 268]
+
+
+def test_gflops_and_tokens_are_the_models(digits_sweep):
+    _, summary, _ = digits_sweep
+    for p in summary["points"]:
+        prune = None if p["keep_ratio"] == 1.0 else "vim_digits_top"  # the preset's 0.9
+        model = create_model("vim_digits", prune=prune)
+        assert p["gflops"] == round(model.flops() / 1e9, 4)
+        assert p["tokens_per_block"] == model.tokens_per_block()
+    dense = [p for p in summary["points"] if p["keep_ratio"] == 1.0]
+    assert all(p["speedup_vs_dense"] == 1.0 for p in dense)
+    assert summary["settings"]["prune_after"] == [2, 3, 5]
+    assert summary["settings"]["importance"] == "clip"
+
+
+def test_files_and_table(digits_sweep):
+    out, summary, stdout = digits_sweep
+    assert (out / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)
+    table = (out / "sweep.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or
+            line.startswith("| 0.9 ")]
+    assert len(rows) == 4 and "| 1 (dense) | fp32 | 65 x8 |" in rows[0]
+    top1 = [f"{100 * p['top1']:.2f}" for p in summary["points"]]
+    assert [row.split(" | ")[4] for row in rows] == top1
+    assert rows[0] in stdout  # the CLI prints the table
+
+
+def test_resume_keeps_finished_points_and_redoes_a_broken_one(digits_sweep, tmp_path):
+    import shutil
+
+    src, summary, _ = digits_sweep
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    result, _, stderr = invoke("sweep", *SWEEP_ARGS, "-o", out)
+    assert result.exit_code == 0, stderr
+    assert stderr.count("finished earlier, kept") == 4
+    assert "export (fp32)" not in stderr and "calibrate" not in stderr
+
+    flip_a_weight_bit(out / "points" / "r0.9" / "int8" / "model.onnx")
+    result, _, stderr = invoke("sweep", *SWEEP_ARGS, "-o", out)
+    assert result.exit_code == 0, stderr
+    assert stderr.count("finished earlier, kept") == 3
+    assert "r0.9 calibrate (int8" in stderr and "r0.9 export (fp32)" not in stderr
+    again = json.loads((out / "sweep.json").read_text())
+    assert [p["correct_top1"] for p in again["points"]] == \
+        [p["correct_top1"] for p in summary["points"]]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["vim_digits", "--keep-ratios", "1.0,1.2"], "1.2 is not a keep ratio"),
+    (["vim_digits", "--keep-ratios", "0.9", "--precisions", "int4"], "choose from fp32"),
+    (["no_such_model", "--keep-ratios", "0.9"], "unknown model"),
+    (["vim_t", "--keep-ratios", "0.9", "--prune-after", "0"], "--prune-after 0 is out of range"),
+])
+def test_sweep_bad_input(args, fragment, tmp_path):
+    result, _, stderr = invoke("sweep", *args, "--data", "digits:held_out", "-o",
+                               tmp_path / "out")
+    assert_one_line_error(result, stderr, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    result, _, stderr = invoke("sweep", "vim_digits", "--keep-ratios", "1.0", "--data",
+                               "digits:held_out", "-o", path)
+    assert_one_line_error(result, stderr, "exists and is not a folder")
