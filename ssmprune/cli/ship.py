@@ -104,8 +104,10 @@ def triton_repo(sources, output, instances, onnx_device, max_batch_size, labels)
                  else f"static batch {m.batch.static} (max_batch_size 0)")
         click.echo(f"{m.name}: {m.platform}, {batch}; files {', '.join(m.files)}")
         click.echo(f"  server needs: {m.needs}")
+    # Triton takes a local repository by absolute path (in its container: where it is mounted).
     click.echo(f"wrote {output} ({len(models)} model{'s' if len(models) != 1 else ''}); serve "
-               f"it with `tritonserver --model-repository={output}`")
+               f"it with `tritonserver --model-repository={Path(output).resolve()}` (in "
+               "NVIDIA's tritonserver container: the path it is mounted at)")
 
 
 def register(main: click.Group) -> None:

@@ -55,12 +55,16 @@ GPUS = {"sm_75": "Turing: RTX 20xx, T4", "sm_80": "Ampere: A100, A30",
         "sm_86": "Ampere: RTX 30xx, RTX A-series, A10, A40", "sm_87": "Jetson Orin",
         "sm_89": "Ada: RTX 40xx, L4, L40", "sm_90": "Hopper: H100, H200",
         "sm_120": "Blackwell: RTX 50xx, RTX PRO", "sm_121": "Blackwell: DGX Spark (GB10)"}
-#: JetPack releases by the TensorRT (major, minor) they ship (docs/ARCHITECTURE.md, README
-#: "TensorRT plugins"); a Jetson engine must be built with the device's own TensorRT.
+#: JetPack releases by the TensorRT (major, minor) they ship (the design notes,
+#: ../shared/design/ARCHITECTURE.md, and README "TensorRT plugins"); a Jetson engine must be
+#: built with the device's own TensorRT. TensorRT 11.4 is not shipped by JetPack: NVIDIA's
+#: "Migrating TensorRT 10.x to 11.x on Jetson" installs 11.4.1's SBSA package on JetPack
+#: 7.2.2 or later (AGX Orin, Thor); 11.4.0 does not support Jetson.
 JETPACK = {(10, 3): "JetPack 6.1 / 6.2 (Jetson Orin)",
-           (10, 13): "JetPack 7.x with TensorRT 10.13 (Jetson Thor)",
-           (10, 16): "JetPack 7.2 (Jetson Thor)",
-           (11, 4): "JetPack 7.2.2 and later (Jetson Orin, Thor)"}
+           (10, 13): "JetPack 7.0 / 7.1 (Jetson Thor)",
+           (10, 16): "JetPack 7.2 (Jetson Thor and Orin)",
+           (11, 4): "JetPack 7.2.2 or later with TensorRT 11.4.1's SBSA package (AGX Orin, "
+                    "Thor); not 11.4.0"}
 
 
 @dataclass(frozen=True)

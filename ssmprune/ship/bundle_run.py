@@ -220,9 +220,14 @@ def bundle_engines(folder: Path, sums: dict[str, str]) -> list[Engine]:
     return engines
 
 
+# Jetson's integrated GPUs: engines are not portable across platforms, so a hardware-
+# compatible engine built on a discrete GPU does not load there.
+JETSON_ARCHS = ("sm_72", "sm_87", "sm_101", "sm_110")
+
+
 def engine_runs_on(engine: Engine, arch: str) -> bool:
     if engine.hardware_compatible:
-        return int(arch[3:]) >= 80
+        return int(arch[3:]) >= 80 and arch not in JETSON_ARCHS
     if engine.targets is not None:
         return arch in engine.targets
     return engine.built_on in (None, arch)
@@ -462,8 +467,17 @@ class Cuda:
                    ctypes.c_size_t(array.nbytes))
         return array
 
-    def synchronize(self) -> None:
-        self._call("cuCtxSynchronize")
+    def stream_create(self) -> int:
+        """A new blocking stream (ordered with the synchronous copies), as an int handle."""
+        stream = ctypes.c_void_p()
+        self._call("cuStreamCreate", ctypes.byref(stream), 0)
+        return stream.value or 0
+
+    def stream_destroy(self, stream: int) -> None:
+        self._call("cuStreamDestroy_v2", ctypes.c_void_p(stream))
+
+    def synchronize(self, stream: int) -> None:
+        self._call("cuStreamSynchronize", ctypes.c_void_p(stream))
 
 
 def driver_max_ptx(cuda: tuple[int, int]) -> int:
@@ -557,6 +571,10 @@ def run_engine(trt, cuda: Cuda, folder: Path, engine: Engine, sha256: str, x: np
     they are loaded (the file could have changed since the sums were checked)."""
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
+    if engine.version_compatible:
+        # A version-compatible plan carries its own lean runtime, which TensorRT runs only
+        # once told the plan is trusted (its sha256 was checked above and is again below).
+        runtime.engine_host_code_allowed = True
     data = (folder / engine.file).read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise BundleError(f"{engine.file} changed since its sum was checked; refusing it")
@@ -581,9 +599,13 @@ def run_engine(trt, cuda: Cuda, folder: Path, engine: Engine, sha256: str, x: np
     chunks, real = batches(x, engine)
     most = max(len(c) for c in chunks)
     buffers: dict[str, int] = {}
+    # A stream of its own: TensorRT synchronises the device around runs on the default one.
+    stream = cuda.stream_create()
     try:
         def infer(chunk: np.ndarray) -> np.ndarray:
-            context.set_input_shape(engine.input_name, chunk.shape)
+            if not context.set_input_shape(engine.input_name, chunk.shape):
+                raise BundleError(f"{engine.file} does not take a batch of {len(chunk)} "
+                                  f"(input shape {chunk.shape})")
             hosts = {engine.input_name: chunk.astype(
                 _nptype(trt, loaded.get_tensor_dtype(engine.input_name)))}
             for n in outputs:
@@ -594,9 +616,9 @@ def run_engine(trt, cuda: Cuda, folder: Path, engine: Engine, sha256: str, x: np
                     buffers[n] = cuda.alloc(hosts[n].nbytes // len(chunk) * most)
                 context.set_tensor_address(n, buffers[n])
             cuda.to_device(buffers[engine.input_name], hosts[engine.input_name])
-            if not context.execute_async_v3(0):
+            if not context.execute_async_v3(stream):
                 raise BundleError(f"TensorRT failed to run {engine.file}")
-            cuda.synchronize()
+            cuda.synchronize(stream)
             return cuda.to_host(hosts[outputs[0]], buffers[outputs[0]])
 
         infer(chunks[0])  # warm-up
@@ -609,6 +631,7 @@ def run_engine(trt, cuda: Cuda, folder: Path, engine: Engine, sha256: str, x: np
     finally:
         for ptr in buffers.values():
             cuda.free(ptr)
+        cuda.stream_destroy(stream)
     return logits, times, len(chunks[0])
 
 

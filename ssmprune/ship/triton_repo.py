@@ -34,7 +34,7 @@ from typing import Literal, Optional, Sequence
 
 from ssmprune.errors import BadInputFileError, ConfigError, OutputPathError
 from ssmprune.limits import BATCH, Bound
-from ssmprune.ship.errors import NotShippableError
+from ssmprune.ship.errors import LabelsError, NotShippableError
 from ssmprune.ship.sources import (LABELS_FILE, Batch, EngineSource, ExportSource, Source,
                                    batch_of, labels_of, read_sources, split_name)
 
@@ -304,6 +304,13 @@ def make_repo(sources: Sequence[str], output: Path, options: RepoOptions = RepoO
         batch = batch_of(s)
         mbs = max_batch_size(s, batch, options.max_batch_size)
         labels = labels_of(s, options.labels)
+        if labels is not None and mbs == 0 and (batch.high or 1) > 1:
+            # Without a batch dimension Triton ranks all b x C logits of a [b, C] output as
+            # one vector (server/src/classification.cc): classes would mix across images.
+            raise LabelsError(
+                f"{s.name}: labels serve Triton's classification only with a dynamic batch "
+                f"or a batch of 1, not a static batch of {batch.high}: export with --batch "
+                "dynamic, or leave --labels out")
         plans.append((s, batch, mbs, labels, model_files(s)))
     models = []
     with atomic_dir(out) as tmp:

@@ -306,8 +306,15 @@ class FakeCuda:
             array.shape)
         return array
 
-    def synchronize(self):
-        pass
+    def stream_create(self):
+        self.streams = getattr(self, "streams", set()) | {len(getattr(self, "streams", ())) + 7}
+        return max(self.streams)
+
+    def stream_destroy(self, stream):
+        self.streams.remove(stream)
+
+    def synchronize(self, stream):
+        assert stream in self.streams
 
 
 def fake_tensorrt(cuda: FakeCuda, version: str, weights: np.ndarray):
@@ -320,6 +327,7 @@ def fake_tensorrt(cuda: FakeCuda, version: str, weights: np.ndarray):
 
         def set_input_shape(self, name, shape):
             self.shapes[name] = tuple(shape)
+            return True
 
         def get_tensor_shape(self, name):
             return (self.shapes["images"][0], weights.shape[1])
@@ -328,6 +336,7 @@ def fake_tensorrt(cuda: FakeCuda, version: str, weights: np.ndarray):
             self.addresses[name] = ptr
 
         def execute_async_v3(self, stream):
+            assert stream in cuda.streams  # never the default stream
             shape = self.shapes["images"]
             x = np.frombuffer(bytes(cuda.memory[self.addresses["images"]]), np.float32)
             x = x[:int(np.prod(shape))].reshape(shape)
@@ -352,9 +361,12 @@ def fake_tensorrt(cuda: FakeCuda, version: str, weights: np.ndarray):
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            self.engine_host_code_allowed = False
 
         def deserialize_cuda_engine(self, data):
+            # TensorRT refuses a version-compatible plan's lean runtime unless allowed.
+            if b"version-compatible" in data[:64] and not self.engine_host_code_allowed:
+                return None
             return Engine()
 
     class Logger:
@@ -426,6 +438,46 @@ def test_run_py_picks_the_engine_for_this_gpu():
         bundle_run.pick_engine(engines, "b", "sm_86")
     assert bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_90")
     assert not bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_75")
+    # Engines are not portable across platforms: not onto a Jetson's integrated GPU.
+    assert not bundle_run.engine_runs_on(engine("h", None, hardware_compatible=True), "sm_87")
+
+
+def _engine_file(tmp_path, data: bytes, version_compatible: bool):
+    (tmp_path / "e.engine").write_bytes(data)
+    engine = bundle_run.Engine(
+        file="e.engine", flavour="tensorrt", version="10.13.0.35",
+        version_compatible=version_compatible, targets=["sm_86"], built_on="sm_86",
+        hardware_compatible=False, plugin_form=None, ptx_version=None, input_name="images",
+        input_shape=[-1, 3, 2, 2], batch_range=[1, 2, 4], img_size=2, in_chans=3,
+        mean=[0.0] * 3, std=[1.0] * 3, model="m")
+    return engine, hashlib.sha256(data).hexdigest()
+
+
+def test_run_py_allows_a_version_compatible_engine_its_lean_runtime(tmp_path):
+    """TensorRT runs the lean runtime inside a version-compatible plan only when allowed."""
+    weights = np.eye(3, 10, dtype=np.float32)
+    x = np.ones((3, 3, 2, 2), np.float32)
+    cuda = FakeCuda()
+    trt = fake_tensorrt(cuda, "10.13.0.35", weights)
+    engine, digest = _engine_file(tmp_path, b"version-compatible plan", True)
+    logits, _, batch = bundle_run.run_engine(trt, cuda, tmp_path, engine, digest, x, 1)
+    assert batch == 3 and np.allclose(logits, x.mean(axis=(2, 3)) @ weights)
+    assert cuda.memory == {} and cuda.streams == set()  # buffers and stream released
+    engine, digest = _engine_file(tmp_path, b"version-compatible plan", False)
+    with pytest.raises(bundle_run.BundleError, match="could not deserialize"):
+        bundle_run.run_engine(trt, cuda, tmp_path, engine, digest, x, 1)
+
+
+def test_run_py_refuses_a_shape_the_engine_does_not_take(tmp_path, monkeypatch):
+    cuda = FakeCuda()
+    trt = fake_tensorrt(cuda, "10.13.0.35", np.eye(3, 10, dtype=np.float32))
+    engine, digest = _engine_file(tmp_path, b"plan", False)
+    context = trt.Runtime(None).deserialize_cuda_engine(b"plan").create_execution_context()
+    monkeypatch.setattr(type(context), "set_input_shape", lambda self, name, shape: False)
+    with pytest.raises(bundle_run.BundleError, match="does not take a batch of 3"):
+        bundle_run.run_engine(trt, cuda, tmp_path, engine, digest,
+                              np.ones((3, 3, 2, 2), np.float32), 1)
+    assert cuda.memory == {}
 
 
 @needs_rtx

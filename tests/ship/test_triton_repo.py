@@ -216,3 +216,17 @@ def test_a_failed_copy_leaves_nothing(digits_export, tmp_path, monkeypatch):
         triton_repo.make_repo([str(digits_export)], tmp_path / "repo")
     assert list(tmp_path.iterdir()) == []
     assert isinstance(read_source(str(digits_export)), ExportSource)
+
+
+def test_labels_need_a_batch_dimension_or_a_batch_of_one(digits_export, tmp_path, monkeypatch):
+    """Triton ranks a [b, C] output without a batch dimension as one vector of b x C values:
+    labels on a static batch above 1 would mix images, so they are refused."""
+    from ssmprune.ship.sources import Batch
+
+    monkeypatch.setattr(triton_repo, "batch_of", lambda source: Batch(False, 2, 2))
+    (tmp_path / "l.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    repo = tmp_path / "repo"
+    result, _, stderr = invoke("triton-repo", digits_export, "--labels", tmp_path / "l.txt",
+                               "-o", repo)
+    assert_one_line_error(result, stderr, "static batch of 2", "--batch dynamic")
+    assert not repo.exists()
