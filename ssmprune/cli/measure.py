@@ -20,9 +20,9 @@ runtimes, file_mib, gflops, img_size, num_classes}; `results`, one per
 (target, runtime, batch): {target, runtime, batch, where, iterations,
 p50_ms, p90_ms, p99_ms, mean_ms, images_per_s (batch * 1000 / mean_ms),
 peak_rss_mib (the process's peak resident memory during one more run: every
-target loaded counts; null for engines), ratio (p50 / p50 of `ratio_to`, the first target measured in that
-runtime and batch), ratio_to, speedup (1 / ratio)}; `skipped`: {target,
-runtime, batch, reason}, one per skip."""
+target loaded counts; null for engines), ratio (p50 / p50 of `ratio_to`, the
+first target measured in that runtime and batch), ratio_to, speedup (1 /
+ratio)}; `skipped`: {target, runtime, batch, reason}, one per skip."""
 
 
 def _model_options(checkpoint, seed, img_size, preset, keep_ratio, prune_after, importance,
@@ -289,9 +289,10 @@ def eval_command(target, data_spec, labels_file, reference, batch, threads, no_r
 @click.option("--batch", type=int, default=1, show_default=True, callback=limits.BATCH.callback,
               help="Static batch of the exports (the batch timed).")
 @click.option("--warmup", type=int, default=2, show_default=True,
-              callback=bounds.WARMUP.callback, help="Untimed runs per point.")
+              callback=bounds.WARMUP.callback, help="Untimed runs per point before timing.")
 @click.option("--iterations", type=int, default=10, show_default=True,
-              callback=bounds.ITERATIONS.callback, help="Timed runs per point.")
+              callback=bounds.ITERATIONS.callback,
+              help="Timed rounds; each runs every point once (all points interleaved).")
 @click.option("--threads", type=int, default=None, callback=bounds.THREADS.callback,
               help="Intra-op threads of ONNX Runtime (default: its own).")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(),
@@ -304,10 +305,11 @@ def sweep_command(model, checkpoint, seed, img_size, ratios_text, prune_after_te
 
     Writes OUT/sweep.json (every point: keep_ratio, precision, prune, export,
     gflops, tokens_per_block, top1, top5, correct_top1, correct_top5, p50_ms,
-    p90_ms, p99_ms, images_per_s, peak_rss_mib, speedup_vs_dense), OUT/sweep.md
-    (the table) and OUT/sweep.png (accuracy vs latency and vs GFLOPs, one curve
-    per precision, the dense point starred). A finished point (its export and
-    result present and valid) is not redone.
+    p90_ms, p99_ms, images_per_s, peak_rss_mib, speedup_vs_dense,
+    calibration_verdict), OUT/sweep.md (the table) and OUT/sweep.png (accuracy vs
+    latency and vs GFLOPs, one curve per precision, the dense point starred). A
+    finished point (its export and result present and valid) is not redone; the
+    latency of every point is measured afresh in one interleaved run.
     """
     from ssmprune.outputs import prepare_output
 

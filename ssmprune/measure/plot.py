@@ -62,7 +62,8 @@ def bench_plot(result: dict[str, Any], path: Path) -> None:
 
 def sweep_plot(points: list[dict[str, Any]], title: str, path: Path) -> None:
     """Two panels: top-1 accuracy vs p50 latency and vs GFLOPs; one curve per precision,
-    each point labelled with its keep ratio, the dense point (keep ratio 1.0) starred."""
+    each point labelled with its keep ratio, the dense point (keep ratio 1.0) starred, a
+    quantized point that misses calibrate's verdict ringed in red."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     precisions = list(dict.fromkeys(p["precision"] for p in points))
@@ -76,6 +77,10 @@ def sweep_plot(points: list[dict[str, Any]], title: str, path: Path) -> None:
             for p, x, y in zip(pts, xs, ys):
                 ax.annotate(str(p['keep_ratio']), (x, y), textcoords="offset points",
                             xytext=(4, 4), fontsize=8, color=f"C{i}")
+                verdict = p.get("calibration_verdict")
+                if verdict and not verdict["passed"]:
+                    ax.scatter([x], [y], marker="o", s=180, facecolors="none",
+                               edgecolors="red", zorder=6, label="misses calibrate's verdict")
                 if p["keep_ratio"] == 1.0:
                     ax.scatter([x], [y], marker="*", s=260, color=f"C{i}", edgecolor="black",
                                zorder=5, label=f"dense ({precision})")
@@ -84,7 +89,9 @@ def sweep_plot(points: list[dict[str, Any]], title: str, path: Path) -> None:
     for ax in axes:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one entry per label
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")

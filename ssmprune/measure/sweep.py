@@ -3,8 +3,11 @@
 For each keep ratio (1.0 = dense) and precision, a *point*:
 
     export (``exporter.export``, fp32)  ->  calibrate (int8 / fp8:
-    ``calibration.quantize.calibrate``)  ->  eval (``measure.accuracy``, ONNX Runtime)
-    ->  bench (``measure.latency``, ONNX Runtime, the export's static batch)
+    ``calibration.quantize.calibrate``, written even when it misses its verdict, which
+    the point records)  ->  eval (``measure.accuracy``, ONNX Runtime)
+
+then every point's export is timed (``measure.latency``, ONNX Runtime, the exports'
+static batch) in one interleaved run: each round runs every point once.
 
 The pruned points prune after the same blocks with the same importance and
 alignment (by default the model's pruning preset's: ``plainmamba_digits_top``
@@ -26,14 +29,15 @@ not redone; an export whose record holds the same settings and that verifies
 with the recorded sha256 is reused by an unfinished point. Every file is
 written atomically (``ssmprune.outputs``).
 
-Latency is measured per point, one point after another (not interleaved across
-points: a resumed sweep could not be), so compare it across points with the
-machine's noise in mind.
+Latency is measured afresh on every run, resumed or not, all points interleaved,
+so the points' latency ratios come from one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +133,7 @@ def point_key(options: SweepOptions, ratio: float, precision: str, weights: Opti
               ) -> dict[str, Any]:
     """Everything a point's numbers depend on: a stored point with another key is redone."""
     key = export_key(options, ratio, precision, weights)
-    key.update(data=options.data, labels=options.labels, warmup=options.warmup,
-               iterations=options.iterations, threads=options.threads)
+    key.update(data=options.data, labels=options.labels)
     return key
 
 
@@ -190,7 +193,7 @@ def _read_result(path: Path, key: dict) -> Optional[dict]:
         return None
     if not isinstance(record, dict) or record.get("key") != key:
         return None
-    needed = ("top1", "top5", "p50_ms", "gflops", "export", "onnx_sha256")
+    needed = ("top1", "top5", "gflops", "export", "onnx_sha256")
     if any(k not in record for k in needed):
         return None
     if _valid_export(path.parent.parent.parent / record["export"], record["onnx_sha256"]) is None:
@@ -235,14 +238,14 @@ def model_facts(options: SweepOptions, ratio: float) -> dict[str, Any]:
 
 def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
               weights: Optional[str], steps: Steps, note: Note) -> dict[str, Any]:
-    """One point: reuse a finished one, else export / calibrate / eval / bench it."""
+    """One point: reuse a finished one, else export / calibrate / eval it (its latency is
+    measured afterwards, with every other point's: ``time_points``)."""
     from ssmprune.calibration.data import data_from_spec
     from ssmprune.calibration.quantize import CalibrateOptions, calibrate
     from ssmprune.exporter import ExportOptions, export
     from ssmprune.exporter.manifest import MODEL_FILE
     from ssmprune.measure.accuracy import evaluate
     from ssmprune.measure.labelled import labelled_from_spec
-    from ssmprune.measure.latency import BenchSettings, bench
     from ssmprune.measure.targets import file_target
 
     pid = point_id(ratio)
@@ -276,9 +279,13 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
             with steps.step(f"{pid} calibrate ({precision}, {options.method})"):
                 # A point that misses calibrate's verdict is still a point of the curve: it
                 # is written (allow_miss) and its verdict recorded and shown.
-                quantized = calibrate(fp32_dir, data, CalibrateOptions(
-                    method=options.method, precision=precision,
-                    samples=options.calibration_samples, allow_miss=True), export_dir).manifest
+                # ONNX Runtime's calibrators print their progress on stdout, which is the
+                # CLI's table; keep it out.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    quantized = calibrate(fp32_dir, data, CalibrateOptions(
+                        method=options.method, precision=precision,
+                        samples=options.calibration_samples, allow_miss=True),
+                        export_dir).manifest
             _record_export(export_dir, q_key, quantized)
         else:
             note(f"{pid} {precision}: calibrated export verified, reused")
@@ -293,23 +300,40 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
                                   target.sample_shape, options.labels)
     with steps.step(f"{pid} {precision} eval ({len(labelled)} inputs)"):
         accuracy = evaluate(target, labelled, threads=options.threads)
-    with steps.step(f"{pid} {precision} bench ({options.iterations} rounds)"):
-        timing = bench([target], BenchSettings((target.static_batch or options.batch,),
-                                               ("onnxrt",), options.warmup,
-                                               options.iterations, None, options.threads))
-    row = timing.results[0]
     record = {"id": pid, "keep_ratio": ratio, "precision": precision,
               "prune": key["prune"], "export": str(export_dir.relative_to(out)),
               "onnx_sha256": target.deployed.manifest.files[MODEL_FILE]["sha256"],
               **model_facts(options, ratio),
               **{k: accuracy[k] for k in ("samples", "correct_top1", "correct_top5", "top1",
                                           "top5")},
-              "batch": row["batch"],
-              **{k: row[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s",
-                                     "peak_rss_mib", "where")},
-              "calibration_verdict": verdict, "key": key, "machine": timing.machine}
+              "eval_where": accuracy["where"], "calibration_verdict": verdict, "key": key}
     _write_json(result_path, record)
     return record
+
+
+LATENCY_KEYS = ("batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s",
+                "peak_rss_mib", "where")
+
+
+def time_points(options: SweepOptions, out: Path, points: list[dict[str, Any]], steps: Steps):
+    """Every point's export timed in ONNX Runtime in one interleaved run (``measure.latency``:
+    each round runs every point once), so their ratios hold on a busy machine; the
+    latency keys are added to each point. Done on every run, resumed or not."""
+    from ssmprune.measure.latency import BenchSettings, bench
+    from ssmprune.measure.targets import file_target
+
+    targets = []
+    for p in points:
+        target = file_target(str(out / p["export"]))
+        target.name = p["export"]
+        targets.append(target)
+    with steps.step(f"bench ({len(points)} points interleaved, {options.iterations} rounds)"):
+        timing = bench(targets, BenchSettings((options.batch,), ("onnxrt",), options.warmup,
+                                              options.iterations, None, options.threads))
+    rows = {r["target"]: r for r in timing.results}
+    for p in points:
+        p.update({k: rows[p["export"]][k] for k in LATENCY_KEYS})
+    return timing
 
 
 def sweep(options: SweepOptions, out_dir: str | Path, steps: Optional[Steps] = None,
@@ -328,11 +352,12 @@ def sweep(options: SweepOptions, out_dir: str | Path, steps: Optional[Steps] = N
     for ratio in options.keep_ratios:
         for precision in options.precisions:
             points.append(run_point(options, out, ratio, precision, weights, steps, note))
+    timing = time_points(options, out, points, steps)
     for p in points:
         dense = next((d for d in points if d["keep_ratio"] == 1.0
                       and d["precision"] == p["precision"]), None)
         p["speedup_vs_dense"] = None if dense is None else round(dense["p50_ms"] / p["p50_ms"], 4)
-    summary = {"format": FORMAT, "model": options.model,
+    summary = {"format": FORMAT, "model": options.model, "machine": timing.machine,
                "settings": {k: (list(v) if isinstance(v, tuple) else v)
                             for k, v in dataclasses.asdict(options).items()},
                "points": [{k: v for k, v in p.items() if k not in ("key",)} for p in points]}

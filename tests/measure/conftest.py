@@ -7,21 +7,29 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from measure.measure_cases import HELD_OUT_SUBSET, SWEEP_ARGS
 
 from cli_helpers import invoke
 
-# keep ratio 0.9 with the preset's blocks, importance and alignment is vim_digits_top.
-SWEEP_ARGS = ["vim_digits", "--keep-ratios", "1.0,0.9", "--precisions", "fp32,int8",
-              "--data", "digits:held_out", "--calibration-samples", "32", "--iterations", "2",
-              "--warmup", "1", "--batch", "8", "--threads", "1"]
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory):
+    """The first HELD_OUT_SUBSET held-out digits as vim_digits inputs: an .npz (x, labels)."""
+    from ssmprune.calibration.data import DigitsData
+    from ssmprune.models import create_model
+
+    samples = DigitsData(create_model("vim_digits").config).load(HELD_OUT_SUBSET)
+    path = tmp_path_factory.mktemp("npz") / "held_out_96.npz"
+    np.savez(path, x=samples.x, labels=samples.labels)
+    return path
 
 
 @pytest.fixture(scope="session")
-def digits_sweep(tmp_path_factory):
+def digits_sweep(tmp_path_factory, digits_npz):
     """(folder, sweep.json, the CLI's stdout) of `ssmprune sweep` on vim_digits."""
     out = tmp_path_factory.mktemp("sweep") / "vim_digits"
-    result, stdout, stderr = invoke("sweep", *SWEEP_ARGS, "-o", out)
+    result, stdout, stderr = invoke("sweep", *SWEEP_ARGS, "--data", digits_npz, "-o", out)
     assert result.exit_code == 0, stderr
     return out, json.loads((out / "sweep.json").read_text()), stdout
 

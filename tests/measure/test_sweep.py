@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SWEEP_ARGS
+from measure.measure_cases import HELD_OUT_SUBSET, SWEEP_ARGS
 
 from cli_helpers import assert_one_line_error, flip_a_weight_bit, invoke
 from ssmprune.models import create_model
@@ -14,21 +14,32 @@ from ssmprune.models import create_model
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_points_equal_eval_of_the_same_exports(digits_sweep):
+def test_points_equal_eval_of_the_same_exports(digits_sweep, digits_npz):
     out, summary, _ = digits_sweep
     points = summary["points"]
     assert [(p["keep_ratio"], p["precision"]) for p in points] == [
         (1.0, "fp32"), (1.0, "int8"), (0.9, "fp32"), (0.9, "int8")]
     for p in points:
-        result, stdout, stderr = invoke("eval", out / p["export"], "--data", "digits:held_out",
+        result, stdout, stderr = invoke("eval", out / p["export"], "--data", digits_npz,
                                         "--json", "--threads", "1")
         assert result.exit_code == 0, stderr
         record = json.loads(stdout)
+        assert record["samples"] == HELD_OUT_SUBSET
         for key in ("samples", "correct_top1", "correct_top5", "top1", "top5"):
             assert p[key] == record[key], (p["id"], p["precision"], key)
         assert record["target"]["precision"] == p["precision"]
-    # fp32 in ONNX Runtime gives RESULTS.md's figures (97.5 %, 74.4 %).
-    assert [p["correct_top1"] for p in points if p["precision"] == "fp32"] == [351, 268]
+        assert p["where"].startswith("ONNX Runtime") and p["p50_ms"] > 0
+
+
+def test_fp32_points_equal_eval_of_the_models(digits_sweep, digits_npz):
+    """The fp32 exports in ONNX Runtime and the models by name in PyTorch agree here."""
+    _, summary, _ = digits_sweep
+    for p, prune in zip((p for p in summary["points"] if p["precision"] == "fp32"),
+                        ([], ["--prune", "vim_digits_top"])):
+        result, stdout, stderr = invoke("eval", "vim_digits", *prune, "--data", digits_npz,
+                                        "--json")
+        assert result.exit_code == 0, stderr
+        assert json.loads(stdout)["correct_top1"] == p["correct_top1"]
 
 
 def test_gflops_and_tokens_are_the_models(digits_sweep):
@@ -56,19 +67,21 @@ def test_files_and_table(digits_sweep):
     assert rows[0] in stdout  # the CLI prints the table
 
 
-def test_resume_keeps_finished_points_and_redoes_a_broken_one(digits_sweep, tmp_path):
+def test_resume_keeps_finished_points_and_redoes_a_broken_one(digits_sweep, digits_npz,
+                                                              tmp_path):
     import shutil
 
     src, summary, _ = digits_sweep
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    result, _, stderr = invoke("sweep", *SWEEP_ARGS, "-o", out)
+    args = [*SWEEP_ARGS, "--data", digits_npz, "-o", out]
+    result, _, stderr = invoke("sweep", *args)
     assert result.exit_code == 0, stderr
     assert stderr.count("finished earlier, kept") == 4
     assert "export (fp32)" not in stderr and "calibrate" not in stderr
 
     flip_a_weight_bit(out / "points" / "r0.9" / "int8" / "model.onnx")
-    result, _, stderr = invoke("sweep", *SWEEP_ARGS, "-o", out)
+    result, _, stderr = invoke("sweep", *args)
     assert result.exit_code == 0, stderr
     assert stderr.count("finished earlier, kept") == 3
     assert "r0.9 calibrate (int8" in stderr and "r0.9 export (fp32)" not in stderr
