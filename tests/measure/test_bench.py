@@ -159,3 +159,12 @@ def test_static_batch_of_a_dynamic_manifest_shape(pruned_export):
     assert batch_skip(target, 8) is None and "batch 1 skipped" in batch_skip(target, 1)
     target.input_shape = ("batch", 3, 32, 32)  # a dynamic batch: any batch runs
     assert batch_skip(target, 1) is None
+
+
+@pytest.mark.parametrize("args", [["bench", ""], ["bench", "vim_digits", " "],
+                                  ["eval", "", "--data", "digits:held_out"],
+                                  ["sweep", "", "--keep-ratios", "1.0", "--data", "digits",
+                                   "-o", "out"]])
+def test_empty_target_is_one_line(args):
+    result, _, stderr = invoke(*args)
+    assert_one_line_error(result, stderr, "is empty ('")
