@@ -97,7 +97,7 @@ class ImageFolderData:
     def files(self) -> list[Path]:
         """The image files under the folder: ``ssmprune.images.image_files``, the walk
         ``parity --images`` makes too."""
-        if not self.path.is_dir():
+        if not os.path.isdir(self.path):
             raise BadInputFileError(f"calibration folder {self.path} does not exist or is not "
                                     "a directory")
         files = image_files(self.path)
@@ -145,7 +145,7 @@ class NpzData:
     def load(self, input_name: str, sample_shape: Sequence[int],
              limit: Optional[int] = None) -> Samples:
         """The samples under ``input_name``; ``sample_shape`` is (c, s, s)."""
-        if not self.path.is_file():
+        if not os.path.isfile(self.path):
             raise BadInputFileError(f"calibration file {self.path} does not exist")
         try:
             with np.load(self.path, allow_pickle=False) as npz:
@@ -254,21 +254,24 @@ def data_from_spec(spec: str, model_config: Any, input_name: str, resize: bool =
 
     ``digits`` or ``digits:held_out`` / ``digits:train``; ``skimage`` (photos
     and random crops, seeded by ``seed``); a directory (image folder); an
-    ``.npz`` file.
+    ``.npz`` file. An empty text is refused: as a path it is the working folder.
     """
+    if not spec.strip():
+        raise BadInputFileError(f"the data is empty ({spec!r}): give a folder of images, an "
+                                ".npz file, 'digits' or 'skimage'")
     if spec == "digits" or spec.startswith("digits:"):
         return DigitsData(model_config, spec.partition(":")[2] or "held_out")
     if spec == PHOTOS_SPEC:
         return PhotoCropsData(model_config, count=count, seed=seed)
     path = Path(spec)
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: False for a name too long, where Path raises
         return ImageFolderData(path, model_config, resize)
     if path.suffix == ".npz":
         shape = (_get(model_config, "in_chans"), _get(model_config, "img_size"),
                  _get(model_config, "img_size"))
         npz = NpzData(path)
         return _Bound(lambda limit: npz.load(input_name, shape, limit))
-    if not path.exists():
+    if not os.path.exists(path):
         raise BadInputFileError(f"calibration data {spec} does not exist (give a folder of "
                                 "images, an .npz file, 'digits' or 'skimage')")
     raise BadInputFileError(f"calibration data {spec} is neither a folder of images nor an "
@@ -283,6 +286,11 @@ class _Bound:
 
     def load(self, limit: Optional[int] = None) -> Samples:
         return self.fn(limit)
+
+
+# A dynamic-batch export is calibrated and judged in batches of up to this many samples
+# (the results do not depend on it; the time does).
+DYNAMIC_FEED_BATCH = 32
 
 
 def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -31,7 +31,7 @@ import onnx
 from pydantic import with_config
 from typing_extensions import TypedDict
 
-from ssmprune.calibration.data import Samples, batches
+from ssmprune.calibration.data import DYNAMIC_FEED_BATCH, Samples, batches
 from ssmprune.calibration.fp8 import FP8_MIN_OPSET, fp8_from_int8, qdq_types
 from ssmprune.calibration.qdq import (
     QUANTIZED_OPS,
@@ -131,11 +131,17 @@ class CalibrateResult:
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over static-batch feeds, reporting progress."""
+    """ONNX Runtime's CalibrationDataReader over the export's batches, reporting progress:
+    a static batch padded with the first sample, a dynamic one in unpadded chunks."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int,
+    def __init__(self, input_name: str, x: np.ndarray, manifest: Manifest,
                  progress: Optional[Progress]):
-        self.feeds = [{input_name: b} for b in batches(x, batch)]
+        if manifest.dynamic:
+            step = min(manifest.batch_range()[1], DYNAMIC_FEED_BATCH)
+            chunks = [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
+        else:
+            chunks = batches(x, manifest.batch)
+        self.feeds = [{input_name: b} for b in chunks]
         self.progress = progress
         self.done = 0
 
@@ -178,7 +184,7 @@ def quantize_int8(source: Path, target: Path, samples: Samples, manifest: Manife
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[options.method]
-    reader = _Reader(manifest.input["name"], samples.x, manifest.batch, progress)
+    reader = _Reader(manifest.input["name"], samples.x, manifest, progress)
     # quantize_static logs "Please consider pre-processing before quantization" on the
     # root logger every call; our graphs come shape-inferred from the exporter.
     root = logging.getLogger()

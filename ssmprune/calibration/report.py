@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ssmprune.calibration.data import Samples, batches
+from ssmprune.calibration.data import DYNAMIC_FEED_BATCH, Samples, batches
 from ssmprune.exporter.manifest import Manifest
 
 
@@ -77,8 +77,7 @@ def compare_outputs(actual: np.ndarray, expected: np.ndarray,
 
 def evaluate_set(fp32: Path, quantized: Path, manifest: Manifest,
                  samples: Samples) -> dict[str, Any]:
-    # A dynamic-batch file runs in batches of up to 32: the result does not depend on it.
-    name, batch = manifest.input["name"], min(manifest.batch_range()[1], 32)
+    name, batch = manifest.input["name"], min(manifest.batch_range()[1], DYNAMIC_FEED_BATCH)
     reference = run_onnx(fp32, samples.x, name, batch)
     actual = run_onnx(quantized, samples.x, name, batch)
     labels = samples.labels
