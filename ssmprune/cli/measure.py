@@ -16,7 +16,7 @@ BENCH_JSON_HELP = """JSON (--json), one object: `machine` {cpu, avx512, cores, t
 torch_threads, onnxruntime, date}; `settings` {batches, runtimes, warmup,
 iterations, seconds, threads}; `targets`, one per TARGET: {name, kind
 (model|export|engine), model, prune, precision, weights, static_batch,
-runtimes, file_mib, gflops, img_size, num_classes}; `results`, one per
+batch_range, runtimes, file_mib, gflops, img_size, num_classes}; `results`, one per
 (target, runtime, batch): {target, runtime, batch, where, iterations,
 p50_ms, p90_ms, p99_ms, mean_ms, images_per_s (batch * 1000 / mean_ms),
 peak_rss_mib (the process's peak resident memory during one more run: every
@@ -53,7 +53,7 @@ def _model_option_decorators(fn):
 @click.argument("targets", nargs=-1, required=True, callback=lambda c, p, v: [
     limits.not_empty(c, p, t) for t in v])
 @click.option("--batch", "batch_text", default="1,8", show_default=True,
-              help="Batches, comma-separated (an exported file runs at its static batch only).")
+              help="Batches, comma-separated (an exported file runs its manifest's batches only).")
 @click.option("--runtimes", "runtimes_text", default=None,
               help="torch,onnxrt,trt: runtimes to time (default: each target's own; an export "
                    "runs in onnxrt and, asked for, torch: its reference model).")

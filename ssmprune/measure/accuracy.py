@@ -2,9 +2,9 @@
 
 The target runs in its own runtime (PyTorch for a model, ONNX Runtime for an
 export, TensorRT for an engine) on the set's inputs preprocessed by its config,
-a chunk at a time: a model in forwards of ``batch``, an exported file at its
-static batch (the last forward padded by repeating its last input, the padding
-dropped). Top-1 is ``argmax(logits) == label``; top-5 is the label among the
+a chunk at a time: a model in forwards of ``batch``, a dynamic-batch file in
+forwards of ``batch`` clamped to its range, a static file at its static batch
+(the last forward padded by repeating its last input, the padding dropped). Top-1 is ``argmax(logits) == label``; top-5 is the label among the
 five largest logits (``min(5, k)`` for fewer classes). With a reference target,
 ``agreement`` is the share of inputs whose top-1 the two targets share.
 
@@ -30,7 +30,8 @@ def target_logits(target: Target, data: LabelledSet, batch: int = 64,
     """Logits (n, k) float32 of ``target`` on every input of ``data``, and what ran it."""
     runner = target.open(target.runtimes[0], threads)
     fixed = target.static_batch
-    step = fixed or batch
+    step = fixed or (batch if target.batch_range is None else
+                     max(target.batch_range[0], min(batch, target.batch_range[1])))
     try:
         outs = []
         for start in range(0, len(data), CHUNK):

@@ -12,9 +12,9 @@ A model name wins over a folder of that name (write ``./NAME``), as in ``run``.
 Exported files are checked against their manifests (``predict.load_deployed``).
 
 ``Target.config`` is what preprocessing needs (img_size, in_chans, mean, std), a
-plain dict for every kind. An exported file has a static batch
-(``static_batch``); ``batch_skip`` is the one place that decides whether a
-target runs at a batch.
+plain dict for every kind. An exported file runs the batches of its manifest
+(``batch_range``: one static batch, or 1 to max_batch); ``batch_skip`` is the one
+place that decides whether a target runs at a batch.
 
 Dimension glossary: n inputs, b batch, c in_chans, s img_size, k classes.
 """
@@ -42,7 +42,9 @@ class Target:
     model: the registered model name; prune: the preset name, "custom", or None (dense).
     precision: fp32, fp16, int8, fp8. weights: where the weights come from, one line.
     config: img_size, in_chans, mean, std (preprocessing). num_classes: k.
-    input_name: the input's name; input_shape: (b, c, s, s) of an exported file, else None.
+    input_name: the input's name; input_shape: (b, c, s, s) of an exported file at its
+        default batch, else None; batch_range: (smallest, largest) batch an exported file
+        runs ((b, b) for a static batch b, (1, max) for a dynamic one), None for a model.
     runtimes: the runtimes it can run in, its own first.
     file_bytes: size of the exported file or engine; for a model, its fp32 weights.
     gflops: the model's GFLOPs (models only; None for files).
@@ -58,6 +60,7 @@ class Target:
     num_classes: int
     input_name: str
     input_shape: Optional[tuple] = None
+    batch_range: Optional[tuple[int, int]] = None
     runtimes: tuple[str, ...] = ("torch",)
     file_bytes: int = 0
     gflops: Optional[float] = None
@@ -68,7 +71,9 @@ class Target:
 
     @property
     def static_batch(self) -> Optional[int]:
-        return static_batch(self.input_shape)
+        """The one batch a static exported file runs; None for a model or a dynamic batch."""
+        low, high = self.batch_range or (None, None)
+        return low if low is not None and low == high else None
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -79,7 +84,9 @@ class Target:
         """The JSON record of the target (``bench`` / ``eval`` / ``sweep`` output)."""
         return {"name": self.name, "kind": self.kind, "model": self.model, "prune": self.prune,
                 "precision": self.precision, "weights": self.weights,
-                "static_batch": self.static_batch, "runtimes": list(self.runtimes),
+                "static_batch": self.static_batch,
+                "batch_range": None if self.batch_range is None else list(self.batch_range),
+                "runtimes": list(self.runtimes),
                 "file_mib": round(self.file_bytes / 2**20, 3),
                 "gflops": self.gflops, "img_size": self.config["img_size"],
                 "num_classes": self.num_classes}
@@ -102,27 +109,23 @@ class Target:
         return EngineRunner(self.deployed)
 
 
-def static_batch(input_shape: Optional[tuple]) -> Optional[int]:
-    """The batch an exported input shape fixes: ``shape[0]`` when it is a positive int;
-    None for a model (any batch) or a dynamic batch (a name, -1 or 0 in the manifest)."""
-    if not input_shape:
-        return None
-    first = input_shape[0]
-    return first if isinstance(first, int) and first > 0 else None
-
-
 def batch_skip(target: Target, batch: int) -> Optional[str]:
     """Why ``target`` cannot run at ``batch`` (one line), or None when it can.
 
-    The one batch check of the measurement commands: an exported file with a
-    static batch runs at that batch only; a model, or a file with a dynamic
-    batch, at any.
+    The one batch check of the measurement commands: a model runs any batch; an
+    exported file the batches of its manifest's range (``Manifest.batch_range``: its
+    static batch, or 1 to ``max_batch`` for a dynamic one).
     """
-    fixed = target.static_batch
-    if fixed is None or fixed == batch:
+    if target.batch_range is None:
         return None
-    return (f"{target.name}: static batch {fixed} (its manifest's input shape); batch {batch} "
-            f"skipped (export again with --batch {batch})")
+    low, high = target.batch_range
+    if low <= batch <= high:
+        return None
+    if low == high:
+        return (f"{target.name}: static batch {low} (its manifest's input shape); batch "
+                f"{batch} skipped (export again with --batch {batch})")
+    return (f"{target.name}: dynamic batch {low} to {high}; batch {batch} skipped (export "
+            f"again with --batch dynamic:{batch})")
 
 
 class Runner:
@@ -288,7 +291,7 @@ def file_target(spec: str) -> Target:
     common = dict(name=spec, model=m.model, prune=prune, weights=weights,
                   config={k: m.config[k] for k in CONFIG_KEYS}, num_classes=num_classes,
                   input_name=deployed.input_name, input_shape=tuple(deployed.input_shape),
-                  deployed=deployed)
+                  batch_range=tuple(deployed.batch_range), deployed=deployed)
     if path.is_dir() or path.suffix == ".onnx":
         onnx_file = path / MODEL_FILE if path.is_dir() else path
         return Target(kind="export", precision=m.precision, runtimes=("onnxrt", "torch"),

@@ -150,15 +150,17 @@ def test_model_options_need_a_model_target(pruned_export):
     assert_one_line_error(result, stderr, "build a model by name")
 
 
-def test_static_batch_of_a_dynamic_manifest_shape(pruned_export):
-    from ssmprune.measure.targets import batch_skip, static_batch
+def test_batch_check_follows_the_manifest_range(pruned_export):
+    from ssmprune.measure.targets import batch_skip
 
-    assert static_batch((1, 3, 32, 32)) == 1
-    assert static_batch(("batch", 3, 32, 32)) is None and static_batch(None) is None
     target = resolve_target(str(pruned_export))
+    assert target.batch_range == (8, 8) and target.static_batch == 8
     assert batch_skip(target, 8) is None and "batch 1 skipped" in batch_skip(target, 1)
-    target.input_shape = ("batch", 3, 32, 32)  # a dynamic batch: any batch runs
-    assert batch_skip(target, 1) is None
+    target.batch_range = (1, 16)  # a dynamic-batch export (manifest max_batch 16)
+    assert target.static_batch is None
+    assert batch_skip(target, 1) is None and batch_skip(target, 16) is None
+    assert "dynamic batch 1 to 16; batch 32 skipped" in batch_skip(target, 32)
+    assert batch_skip(resolve_target("vim_digits"), 256) is None
 
 
 @pytest.mark.parametrize("args", [["bench", ""], ["bench", "vim_digits", " "],
