@@ -166,7 +166,10 @@ def _inputs(target: Target, batch: int) -> np.ndarray:
 
 def time_round_robin(cases: list[_Case], warmup: int, iterations: Optional[int],
                      seconds: Optional[float]) -> None:
-    """Warm every case up, then timed rounds of one run per case, in turn (``case.times``, ms)."""
+    """Warm every case up, then timed rounds of one run per case, in turn (``case.times``, ms):
+    ``iterations`` rounds, or rounds for ``seconds`` (at least MIN_ROUNDS)."""
+    if iterations is None and seconds is None:
+        raise ValueError("time_round_robin needs iterations or seconds")
     for case in cases:
         for _ in range(warmup):
             case.run()
