@@ -79,7 +79,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     the header, before decoding) and a float image holding NaN or inf.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: False for a name too long, where Path raises
         raise BadInputFileError(f"image {path} does not exist or is not a file")
     try:
         with warnings.catch_warnings():
@@ -141,7 +141,7 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     cannot be listed. An empty result is the caller's to judge.
     """
     root = Path(folder)
-    if not root.is_dir():
+    if not os.path.isdir(root):
         raise BadInputFileError(f"{root} does not exist or is not a directory")
 
     def unreadable(err: OSError):
@@ -158,11 +158,15 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Files as given and folders walked by ``image_files``, in order; at most MAX_SAMPLES.
 
-    A folder without image files is a BadInputFileError.
+    A folder without image files is a BadInputFileError, and so is an empty path (as a
+    Path it is the working folder: an unset shell variable would walk it).
     """
     out: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
+    for given in paths:
+        if not os.fspath(given).strip():
+            raise BadInputFileError(f"an image path is empty ({os.fspath(given)!r})")
+        p = Path(given)
+        if os.path.isdir(p):
             found = image_files(p)
             if not found:
                 raise BadInputFileError(f"{p} holds no image files (looked for "

@@ -58,7 +58,7 @@ def names_a_file(arg: str) -> bool:
 
     if arg in model_names():
         return False
-    return Path(arg).exists() or "/" in arg or Path(arg).suffix != ""
+    return os.path.exists(arg) or "/" in arg or Path(arg).suffix != ""
 
 
 @dataclass
@@ -121,7 +121,7 @@ def load_deployed(path: str | os.PathLike) -> Deployed:
     is a one-line ``SsmpruneError``.
     """
     path = Path(path)
-    if not path.exists():
+    if not os.path.exists(path):  # os.path: False for a name too long, where Path raises
         raise BadInputFileError(f"{path} does not exist (expected a model name, an export "
                                 "folder, an .onnx file or an engine)")
     if path.is_dir() or path.suffix == ".onnx":

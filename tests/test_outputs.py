@@ -236,3 +236,34 @@ def test_bad_outputs_are_one_line_before_any_work(case, tmp_path, vim_digits_exp
     result, _, stderr = invoke(*args)
     assert_one_line_error(result, stderr, *fragments)
     assert _snapshot(tmp_path) == before and _snapshot(vim_digits_export) == export_before
+
+
+# An unreadable manifest.json / model.onnx: one line. Root reads any file, so the denial is
+# an audit hook that makes Python's open() of the named paths fail as the kernel would.
+_DENIED: set[str] = set()
+
+
+def _deny(event, args):
+    if event == "open" and _DENIED and isinstance(args[0], (str, os.PathLike)):
+        if os.path.abspath(os.fspath(args[0])) in _DENIED:
+            raise PermissionError(13, "Permission denied", os.fspath(args[0]))
+
+
+sys.addaudithook(_deny)
+
+
+@pytest.mark.parametrize("name", [MANIFEST_FILE, "model.onnx"])
+@pytest.mark.parametrize("command", ["run", "parity", "build", "calibrate"])
+def test_an_unreadable_export_file_is_one_line(command, name, tmp_path, vim_digits_export):
+    out = tmp_path / "out"
+    args = {"run": ["run", vim_digits_export, "--repeats", 1],
+            "parity": ["parity", vim_digits_export, "--samples", 1],
+            "build": ["build", vim_digits_export, "--no-plugins", "-o", out / "e.engine"],
+            "calibrate": ["calibrate", vim_digits_export, "--data", "digits", "-o", out]}
+    _DENIED.add(str(vim_digits_export / name))
+    try:
+        result, _, stderr = invoke(*args[command])
+    finally:
+        _DENIED.clear()
+    assert_one_line_error(result, stderr, name, "Permission denied")
+    assert not out.exists()

@@ -27,7 +27,7 @@ def _prepare_outputs(directory: str, data_spec: str, holdout, out_dir: str, repo
     from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE
     from ssmprune.outputs import prepare_output
 
-    folder = Path(directory).parent if Path(directory).is_file() else Path(directory)
+    folder = Path(directory).parent if os.path.isfile(directory) else Path(directory)
     inputs = [folder / MODEL_FILE, folder / MANIFEST_FILE,
               *(p for p in (data_spec, holdout) if p and os.path.exists(p))]
     out = prepare_output(out_dir, "dir", inputs=inputs)

@@ -29,11 +29,13 @@ def find_onnx(source: Path) -> tuple[Path, Optional[dict[str, Any]]]:
     null in the engine's manifest).
     """
     source = Path(source)
-    if source.is_file():
+    # os.path's tests, not Path's: a name too long for the file system is no file (Path's
+    # raise OSError for it).
+    if os.path.isfile(source):
         if source.suffix != ".onnx":
             raise BadInputFileError(f"{source} is not an .onnx file or an export folder")
         folder = source.parent
-    elif source.is_dir():
+    elif os.path.isdir(source):
         folder = source
     else:
         raise BadInputFileError(f"{source} does not exist (expected an export folder or "

@@ -24,6 +24,7 @@ uses it), so everything ``create_model`` was given is recorded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,7 @@ def _checkpoint(manifest: Manifest, given: Optional[str]) -> Optional[Path]:
     recorded, digest = weights["checkpoint"], weights["sha256"]
     if given is not None:
         path = Path(given)
-        if not path.is_file():
+        if not os.path.isfile(path):  # os.path: False for a name too long, where Path raises
             raise BadInputFileError(f"checkpoint {path} is missing (the manifest records "
                                     f"{recorded})")
         if sha256_file(path) != digest:

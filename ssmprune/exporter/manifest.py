@@ -247,10 +247,15 @@ class Manifest:
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of the file at ``path`` (hex); ``BadInputFileError`` when it cannot be read
+    (permission denied, an I/O error: the user's file, not a bug)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise BadInputFileError(f"cannot read {path}: {err.strerror or err}") from None
     return digest.hexdigest()
 
 
@@ -295,11 +300,12 @@ def read_export(path: str | os.PathLike, verify: bool = True) -> tuple[Path, Man
     (``verify_model_file``). Anything else is a one-line ``BadInputFileError``.
     """
     path = Path(path)
-    if path.is_file():
+    # os.path's tests: Path's raise OSError for a name too long for the file system.
+    if os.path.isfile(path):
         if path.suffix != ".onnx":
             raise BadInputFileError(f"{path} is neither an export directory nor an .onnx file")
         directory = path.parent
-    elif path.is_dir():
+    elif os.path.isdir(path):
         directory = path
     else:
         raise BadInputFileError(f"{path} does not exist")

@@ -74,7 +74,7 @@ def _kind(head: bytes) -> str:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
+    if not os.path.isfile(path):  # os.path: False for a name too long, where Path raises
         raise BadInputFileError(f"checkpoint {path} does not exist or is not a file")
     with open(path, "rb") as f:
         head = f.read(_HEAD_BYTES)

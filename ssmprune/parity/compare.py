@@ -19,6 +19,7 @@ runtime is reported before the verdict, with what ran each runtime.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ class ParityReport:
 def _image_files(paths: Sequence[str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if os.path.isdir(p):  # os.path: False for a name too long, where Path raises
             found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise BadInputFileError(f"{p} holds no image files")
