@@ -14,7 +14,9 @@ live one, so two concurrent writers into one folder do not disturb each other.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -133,13 +135,13 @@ def _remove_stale(target: Path) -> None:
         match = pattern.fullmatch(entry.name)
         if match is None or _writer_alive(int(match.group(1))):
             continue
+        # Best effort: another writer may have removed it first, or it may not be ours to
+        # remove (another user's, in a shared folder); neither stops this write.
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-            except FileNotFoundError:  # another writer cleaned it first
-                pass
 
 
 def _make_parents(folder: Path) -> list[Path]:
@@ -207,11 +209,12 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path`` to fill; on success it becomes ``path``.
 
-    A new ``path`` is the folder renamed; an existing one gets each file
+    A new ``path`` is the folder renamed; an existing one gets each entry
     renamed into it, ``manifest.json`` last (a reader never sees a new
     manifest with an old file, and a new file with an old manifest fails its
-    sha256); its other files stay. On any exception or interruption the
-    temporary is removed and ``path`` is as it was.
+    sha256); its other files stay. A subfolder replaces only a missing or
+    empty one there. On any exception or interruption the temporary is
+    removed and ``path`` is as it was.
     """
     target = Path(path)
     with _cleaned_on_failure(target, lambda p: p.mkdir()) as tmp:
@@ -235,6 +238,13 @@ def _commit_dir(tmp: Path, target: Path) -> None:
         except OSError as err:  # a concurrent writer made it first: rename file by file
             if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                 raise
-    names = sorted(p.name for p in tmp.iterdir())
-    for name in sorted(names, key=lambda n: n == COMMIT_LAST):
-        os.replace(tmp / name, target / name)
+    names = sorted((p.name for p in tmp.iterdir()), key=lambda n: (n == COMMIT_LAST, n))
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        # One writer's renames at a time (a lock on the folder itself): two concurrent
+        # writes into one folder end with one writer's files and manifest, never a mix.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for name in names:
+            os.replace(tmp / name, target / name)
+    finally:
+        os.close(fd)

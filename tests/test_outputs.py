@@ -267,3 +267,33 @@ def test_an_unreadable_export_file_is_one_line(command, name, tmp_path, vim_digi
         _DENIED.clear()
     assert_one_line_error(result, stderr, name, "Permission denied")
     assert not out.exists()
+
+
+def test_concurrent_writes_into_one_folder_end_consistent(tmp_path):
+    """Two writers commit into one existing folder at once: it ends with one writer's model
+    and that writer's manifest (its sha256), never a mix, and no temporary."""
+    import hashlib
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def write(barrier, payload):
+        with atomic_dir(out) as tmp:
+            for i in range(8):
+                (tmp / f"part{i}.bin").write_bytes(payload)
+            (tmp / MANIFEST_FILE).write_text(hashlib.sha256(payload).hexdigest())
+            barrier.wait()
+
+    for round_ in range(20):
+        barrier = threading.Barrier(2)
+        writers = [threading.Thread(target=write, args=(barrier, bytes([round_, w]) * 64))
+                   for w in range(2)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        digest = (out / MANIFEST_FILE).read_text()
+        assert all(hashlib.sha256((out / f"part{i}.bin").read_bytes()).hexdigest() == digest
+                   for i in range(8)), f"round {round_}: a mix of both writers"
+    assert _leftovers(tmp_path) == []
