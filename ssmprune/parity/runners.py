@@ -33,6 +33,8 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 from torch import nn
 
+from ssmprune.errors import BadInputFileError
+
 if TYPE_CHECKING:
     from ssmprune.engine.manifest import EngineManifest
     from ssmprune.exporter.manifest import Manifest
@@ -131,10 +133,19 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
     falls back to the CPU when the CUDA provider cannot start).
     """
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, onnxrt_options(threads, optimization),
-                                providers=list(providers or onnxrt_providers()))
+    try:
+        return ort.InferenceSession(model, onnxrt_options(threads, optimization),
+                                    providers=list(providers or onnxrt_providers()))
+    except (ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.Fail) as err:
+        # The file's fault (a broken graph, an op ONNX Runtime lacks), which passed the
+        # manifest's checks: e.g. a renamed tensor whose sha256 was recorded again.
+        name = "the ONNX model" if isinstance(path, bytes) else str(path)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadInputFileError(f"ONNX Runtime cannot load {name}: {reason}") from None
 
 
 class OnnxrtSessionFromPath:

@@ -115,3 +115,21 @@ def test_mutated_engine_file(command, examples, digits_exports, workspace):
             run_checked(ws, args)
 
     check()
+
+
+@pytest.mark.parametrize("command", ["run", "parity"])
+def test_a_rehashed_onnx_with_a_broken_graph_is_one_line(command, digits_exports, workspace):
+    """Found by the suite (SSMPRUNE_FUZZ_SCALE=5): a flipped byte in a tensor name, its
+    sha256 recorded again, passes every manifest check; ONNX Runtime's refusal to load the
+    graph was its traceback."""
+    import onnx
+
+    with workspace() as ws:
+        export_dir = ws.copy_export(digits_exports["vim_digits"])
+        onnx_path = export_dir / MODEL_FILE
+        model = onnx.load(str(onnx_path))
+        model.graph.node[0].input[0] = "h" + model.graph.node[0].input[0][1:]
+        onnx.save(model, str(onnx_path))
+        rehash(export_dir / MANIFEST_FILE, onnx_path)
+        result = run_checked(ws, ONNX_COMMANDS[command](ws, export_dir))
+        assert result.exit_code == 2 and "ONNX Runtime cannot load" in result.stderr
