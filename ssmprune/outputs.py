@@ -55,7 +55,7 @@ def prepare_output(path: PathLike, kind: Literal["file", "dir"], *,
         raise OutputPathError(f"{option} is empty: give a {_KIND_NAMES[kind]} path")
     if "\0" in str(text):
         raise OutputPathError(f"{option} {text!r} holds a NUL character")
-    target = Path(text)
+    target = _named(text)
     try:
         _check_place(target, kind, option)
         _check_inputs(target, inputs, option)
@@ -106,6 +106,13 @@ def _check_inputs(target: Path, inputs: Iterable[PathLike], option: str) -> None
             continue
         raise OutputPathError(f"{option} {target} {relation} the input {given}: an output may "
                               "not overwrite an input")
+
+
+def _named(path: PathLike) -> Path:
+    """``path``, absolute when it ends in ``.`` or ``..`` (a temporary is named after the
+    target's last component, which those lack)."""
+    target = Path(path)
+    return Path(os.path.abspath(target)) if target.name in ("", "..") else target
 
 
 def _temp_path(target: Path) -> Path:
@@ -193,7 +200,7 @@ def _cleaned_on_failure(target: Path, make_temp) -> Iterator[Path]:
 def atomic_file(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it is synced and renamed
     to ``path``, on any exception or interruption removed (``path`` stays as it was)."""
-    target = Path(path)
+    target = _named(path)
     with _cleaned_on_failure(target, lambda p: p.touch(exist_ok=False)) as tmp:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -216,7 +223,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     empty one there. On any exception or interruption the temporary is
     removed and ``path`` is as it was.
     """
-    target = Path(path)
+    target = _named(path)
     with _cleaned_on_failure(target, lambda p: p.mkdir()) as tmp:
         yield tmp
         with interrupt.deferred():

@@ -297,3 +297,15 @@ def test_concurrent_writes_into_one_folder_end_consistent(tmp_path):
         assert all(hashlib.sha256((out / f"part{i}.bin").read_bytes()).hexdigest() == digest
                    for i in range(8)), f"round {round_}: a mix of both writers"
     assert _leftovers(tmp_path) == []
+
+
+def test_the_working_folder_as_an_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert prepare_output(".", "dir") == tmp_path
+    with atomic_dir(".") as tmp:
+        (tmp / "model.onnx").write_bytes(b"x")
+    assert (tmp_path / "model.onnx").read_bytes() == b"x"
+    with pytest.raises(OutputPathError, match="is a folder"):
+        prepare_output(".", "file")
+    with pytest.raises(OutputPathError):
+        prepare_output("/", "dir")

@@ -29,7 +29,7 @@ NUMBERS = ["-1", "0", "1", "2", "1e9", "99999999999999999999999", "-999999999999
            "nan", "inf", "0.5", "abc", "", " ", "1,2", "0x10"]
 numbers = st.sampled_from(NUMBERS) | typed
 # Outputs: {WS} is the example's workspace (it holds `file`, a text file, and `dir`).
-OUTPUTS = ["", " ", "out", "{WS}/file", "{WS}/file/sub", "{WS}/dir", "{WS}/new/deeper/out",
+OUTPUTS = ["", " ", ".", "out", "{WS}/file", "{WS}/file/sub", "{WS}/dir", "{WS}/new/deeper/out",
            "{WS}/" + "x" * 300, "{WS}/ünï cödé", "{WS}/new\nline", "{WS}/.hidden", "/dev/null",
            "/proc/self/status", "/nonexistent/out", "{EXPORT}", "{EXPORT}/model.onnx",
            "{EXPORT}/manifest.json"]
