@@ -146,6 +146,12 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
         name = "the ONNX model" if isinstance(path, bytes) else str(path)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BadInputFileError(f"ONNX Runtime cannot load {name}: {reason}") from None
+    except UnicodeDecodeError:
+        # ONNX Runtime's message quotes a name of the file that is not UTF-8, and its
+        # bindings fail to decode the message itself.
+        name = "the ONNX model" if isinstance(path, bytes) else str(path)
+        raise BadInputFileError(f"ONNX Runtime cannot load {name}: a name in it is not valid "
+                                "UTF-8") from None
 
 
 class OnnxrtSessionFromPath:

@@ -133,3 +133,17 @@ def test_a_rehashed_onnx_with_a_broken_graph_is_one_line(command, digits_exports
         rehash(export_dir / MANIFEST_FILE, onnx_path)
         result = run_checked(ws, ONNX_COMMANDS[command](ws, export_dir))
         assert result.exit_code == 2 and "ONNX Runtime cannot load" in result.stderr
+
+
+def test_a_rehashed_onnx_with_a_name_not_utf8_is_one_line(digits_exports, workspace):
+    """Found by the suite (SSMPRUNE_FUZZ_SCALE=6): ONNX Runtime quotes the name in its error,
+    and its bindings cannot decode that message (a UnicodeDecodeError traceback)."""
+    with workspace() as ws:
+        export_dir = ws.copy_export(digits_exports["vim_digits"])
+        onnx_path = export_dir / MODEL_FILE
+        blob = onnx_path.read_bytes()
+        at = blob.index(b"images")  # the graph input's name, where a node reads it
+        onnx_path.write_bytes(blob[:at] + b"\xa0" + blob[at + 1:])
+        rehash(export_dir / MANIFEST_FILE, onnx_path)
+        result = run_checked(ws, ONNX_COMMANDS["run"](ws, export_dir))
+        assert result.exit_code == 2, result.output
