@@ -10,14 +10,7 @@ from pathlib import Path
 
 import click
 
-from ssmprune.cli.options import batch_range
-
-
-def _targets(ctx, param, value):
-    out = []
-    for v in value:
-        out.extend(t.strip() for t in v.split(",") if t.strip())
-    return tuple(out)
+from ssmprune.cli.options import batch_range, comma_list
 
 
 @click.command()
@@ -28,7 +21,7 @@ def _targets(ctx, param, value):
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Precision (default: what the ONNX carries). TensorRT 11 and TensorRT-RTX "
                    "take it only from the ONNX; TensorRT 10 also sets builder flags.")
-@click.option("--target", "targets", multiple=True, callback=_targets, metavar="SM",
+@click.option("--target", "targets", multiple=True, callback=comma_list, metavar="SM",
               help="GPU architecture(s), e.g. sm_86 or sm_86,sm_120: TensorRT-RTX builds for "
                    "them without a GPU; full TensorRT builds for the GPU present.")
 @click.option("--no-plugins", is_flag=True,

@@ -111,3 +111,11 @@ def batch_range(ctx, param, value):
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         raise ConfigError(f"--batch-range {value!r}: give MIN:OPT:MAX, e.g. 1:8:32")
     return tuple(limits.BATCH.check("--batch-range", int(p)) for p in parts)
+
+
+def comma_list(ctx, param, value):
+    """A repeatable option whose values may also be comma-separated -> one flat tuple."""
+    out = []
+    for v in value:
+        out.extend(t.strip() for t in v.split(",") if t.strip())
+    return tuple(out)

@@ -11,22 +11,15 @@ from pathlib import Path
 import click
 
 from ssmprune import limits
-from ssmprune.cli.options import batch_range
+from ssmprune.cli.options import batch_range, comma_list
 from ssmprune.ship.triton_repo import INSTANCES  # light: onnx is imported when used
-
-
-def _targets(ctx, param, value):
-    out = []
-    for v in value:
-        out.extend(t.strip() for t in v.split(",") if t.strip())
-    return tuple(out)
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Bundle folder to write; it must not exist.")
-@click.option("--target", "targets", multiple=True, callback=_targets, metavar="SM",
+@click.option("--target", "targets", multiple=True, callback=comma_list, metavar="SM",
               help="GPU architecture(s) to build each export for, e.g. sm_86 or sm_86,sm_120 "
                    "(TensorRT-RTX builds them without a GPU).")
 @click.option("--no-plugins", is_flag=True,

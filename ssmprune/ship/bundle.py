@@ -30,13 +30,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ssmprune.errors import ConfigError, OutputPathError
+from ssmprune.errors import ConfigError
 from ssmprune.limits import Bound
 from ssmprune.ship import bundle_run
 from ssmprune.ship.errors import NotShippableError
 from ssmprune.ship.sources import (LABELS_FILE, EngineSource, ExportSource, Source,
-                                   input_config, labels_of, num_classes, read_labels,
-                                   read_sources, split_name)
+                                   input_config, labels_of, new_output_folder, num_classes,
+                                   read_labels, read_sources)
 
 if TYPE_CHECKING:
     from ssmprune.engine.manifest import EngineManifest
@@ -173,13 +173,9 @@ def make_bundle(sources: Sequence[str], output: Path, options: BundleOptions = B
                 on_build=None) -> Bundle:
     """Write the bundle of ``sources`` (export folders and engine files) into the new folder
     ``output``; ``on_build(export, target)`` is called before each build (progress)."""
-    from ssmprune.outputs import atomic_dir, prepare_output
+    from ssmprune.outputs import atomic_dir
 
-    out = prepare_output(output, "dir", inputs=[split_name(str(s))[1] for s in sources],
-                         option="-o")
-    if out.exists():
-        raise OutputPathError(f"-o {out} exists: a bundle is written into a new folder; remove "
-                              "it or give another path")
+    out = new_output_folder(output, sources, "a bundle")
     read = read_sources(sources)
     exports = [s for s in read if isinstance(s, ExportSource)]
     engines = [s for s in read if isinstance(s, EngineSource)]

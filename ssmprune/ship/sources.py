@@ -118,6 +118,21 @@ def read_source(text: str) -> Source:
                         export)
 
 
+def new_output_folder(output: Union[str, Path], sources: Sequence[str], what: str) -> Path:
+    """``-o`` of ``bundle`` and ``triton-repo``, checked before any work: a valid output
+    (``outputs.prepare_output``: not one of the sources, ...) that does not exist yet,
+    since ``what`` (a bundle, a model repository) is written into a new folder."""
+    from ssmprune.errors import OutputPathError
+    from ssmprune.outputs import prepare_output
+
+    out = prepare_output(output, "dir", inputs=[split_name(str(s))[1] for s in sources],
+                         option="-o")
+    if out.exists():
+        raise OutputPathError(f"-o {out} exists: {what} is written into a new folder; remove "
+                              "it or give another path")
+    return out
+
+
 def read_sources(texts: Sequence[str]) -> list[Source]:
     """Every SOURCE, checked, in order; at most ``SOURCES.high``; model names unique."""
     SOURCES.check("SOURCE arguments", len(texts))

@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from ssmprune.errors import BadInputFileError, ConfigError, OutputPathError
+from ssmprune.errors import BadInputFileError, ConfigError
 from ssmprune.limits import BATCH, Bound
 from ssmprune.ship.errors import LabelsError, NotShippableError
 from ssmprune.ship.sources import (LABELS_FILE, Batch, EngineSource, ExportSource, Source,
-                                   batch_of, labels_of, read_sources, split_name)
+                                   batch_of, labels_of, new_output_folder, read_sources)
 
 CONFIG_FILE = "config.pbtxt"
 PROVENANCE_FILE = "ssmprune.json"
@@ -287,16 +287,12 @@ def _provenance(source: Source) -> Path:
 def make_repo(sources: Sequence[str], output: Path, options: RepoOptions = RepoOptions()
               ) -> list[RepoModel]:
     """Write the model repository of ``sources`` into the new folder ``output``."""
-    from ssmprune.outputs import atomic_dir, prepare_output
+    from ssmprune.outputs import atomic_dir
 
     INSTANCES.check("--instances", options.instances)
     if options.max_batch_size is not None:
         BATCH.check("--max-batch-size", options.max_batch_size)
-    out = prepare_output(output, "dir", inputs=[split_name(str(s))[1] for s in sources],
-                         option="-o")
-    if out.exists():
-        raise OutputPathError(f"-o {out} exists: a model repository is written into a new "
-                              "folder; remove it or give another path")
+    out = new_output_folder(output, sources, "a model repository")
     read = read_sources(sources)
     plans = []
     for s in read:
