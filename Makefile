@@ -27,16 +27,23 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 
 DEFAULT := vim_digits
 DEFAULT_WEIGHTS := ssmprune/assets/vim_digits.safetensors
+DEMO_OUT := out/demo
 
+# The whole pipeline on the embedded default, from scratch into $(DEMO_OUT): what the models
+# are, pruning, export, parity, int8 calibration, a TensorRT-RTX engine (built on the CPU),
+# measured latency, a keep-ratio sweep with its plot, and a closing table of the files.
 demo: setup
+	rm -rf $(DEMO_OUT)
 	$(BIN)/ssmprune info
-	$(BIN)/ssmprune info vim_s --prune vim_s_paper
-	$(BIN)/ssmprune run vim_t
-	$(BIN)/ssmprune visualize vim_s --prune vim_s_paper -o out/pruning_vim_s.png
 	$(BIN)/ssmprune info $(DEFAULT) --prune $(DEFAULT)_top
-	$(BIN)/ssmprune export $(DEFAULT) --checkpoint $(DEFAULT_WEIGHTS) --prune $(DEFAULT)_top -o out/$(DEFAULT)
-	$(BIN)/ssmprune parity out/$(DEFAULT)
-	$(BIN)/ssmprune calibrate out/$(DEFAULT) --data digits:train --holdout digits:held_out --method percentile --samples 256 -o out/$(DEFAULT)_int8
+	$(BIN)/ssmprune visualize vim_s --prune vim_s_paper -o $(DEMO_OUT)/pruning_vim_s.png
+	$(BIN)/ssmprune export $(DEFAULT) --checkpoint $(DEFAULT_WEIGHTS) --prune $(DEFAULT)_top --batch dynamic:32 -o $(DEMO_OUT)/$(DEFAULT)
+	$(BIN)/ssmprune parity $(DEMO_OUT)/$(DEFAULT) --batch 8
+	$(BIN)/ssmprune calibrate $(DEMO_OUT)/$(DEFAULT) --data digits:train --samples 256 -o $(DEMO_OUT)/$(DEFAULT)_int8
+	$(BIN)/ssmprune build $(DEMO_OUT)/$(DEFAULT) --no-plugins --target sm_86 -o $(DEMO_OUT)/$(DEFAULT).engine
+	$(BIN)/ssmprune bench $(DEFAULT) $(DEFAULT)_top $(DEMO_OUT)/$(DEFAULT) $(DEMO_OUT)/$(DEFAULT)_int8 --batch 1 --iterations 20 --plot $(DEMO_OUT)/bench.png
+	$(BIN)/ssmprune sweep $(DEFAULT) --keep-ratios 1.0,0.9,0.8 --data digits:held_out --iterations 10 -o $(DEMO_OUT)/sweep
+	$(BIN)/python demo/summary.py $(DEMO_OUT)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist worksteal -q
