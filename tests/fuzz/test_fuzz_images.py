@@ -20,7 +20,7 @@ CORPUS_IMAGES = sorted((CORPUS / "images").iterdir())
 MODES = {"1": ["PNG", "BMP", "TIFF"], "L": ["PNG", "JPEG", "BMP", "TIFF", "WEBP"],
          "LA": ["PNG"], "P": ["PNG", "GIF", "BMP"], "RGB": ["PNG", "JPEG", "BMP", "WEBP"],
          "RGBA": ["PNG", "TIFF", "WEBP"], "CMYK": ["JPEG", "TIFF"], "I;16": ["PNG", "TIFF"],
-         "I": ["PNG", "TIFF"], "F": ["TIFF"]}
+         "I": ["TIFF"], "F": ["TIFF"]}
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tiff", "GIF": ".gif",
           "WEBP": ".webp"}
 
