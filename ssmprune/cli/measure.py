@@ -287,7 +287,8 @@ def eval_command(target, data_spec, labels_file, reference, batch, threads, no_r
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="Calibration method (default: calibrate's).")
 @click.option("--batch", type=int, default=1, show_default=True, callback=limits.BATCH.callback,
-              help="Static batch of the exports (the batch timed).")
+              help="Batch the points are timed at (their exports take a dynamic batch of 1 to "
+                   "max(64, BATCH); eval runs them in batches of 64).")
 @click.option("--warmup", type=int, default=2, show_default=True,
               callback=bounds.WARMUP.callback, help="Untimed runs per point before timing.")
 @click.option("--iterations", type=int, default=10, show_default=True,

@@ -6,8 +6,10 @@ For each keep ratio (1.0 = dense) and precision, a *point*:
     ``calibration.quantize.calibrate``, written even when it misses its verdict, which
     the point records)  ->  eval (``measure.accuracy``, ONNX Runtime)
 
-then every point's export is timed (``measure.latency``, ONNX Runtime, the exports'
-static batch) in one interleaved run: each round runs every point once.
+then every point's export is timed (``measure.latency``, ONNX Runtime, at ``--batch``) in
+one interleaved run: each round runs every point once. The exports have a dynamic batch
+(1 to ``EVAL_BATCH`` or ``--batch``): eval runs them in batches of ``EVAL_BATCH``, the
+timing at ``--batch``, from the same file.
 
 The pruned points prune after the same blocks with the same importance and
 alignment (by default the model's pruning preset's: ``plainmamba_digits_top``
@@ -49,6 +51,8 @@ from ssmprune.exporter.progress import Steps
 PRECISIONS = ("fp32", "int8", "fp8")
 SWEEP_JSON, SWEEP_MD, SWEEP_PNG = "sweep.json", "sweep.md", "sweep.png"
 POINTS = "points"
+# The largest batch eval runs a point's export in (its dynamic batch reaches at least it).
+EVAL_BATCH = 64
 FORMAT = "ssmprune.sweep/1"
 Note = Callable[[str], None]
 
@@ -158,8 +162,8 @@ def export_key(options: SweepOptions, ratio: float, precision: str, weights: Opt
     """What an export of a point depends on (a quantized one: also its fp32 source)."""
     prune = options.prune(ratio)
     key = {"model": options.model, "weights": weights or {"seed": options.seed},
-           "img_size": options.img_size, "batch": options.batch, "precision": precision,
-           "prune": None if prune is None else json.loads(json.dumps(dataclasses.asdict(prune)))}
+           "img_size": options.img_size, "max_batch": max(EVAL_BATCH, options.batch),
+           "precision": precision, "prune": None if prune is None else json.loads(json.dumps(dataclasses.asdict(prune)))}
     if precision != "fp32":
         key.update(fp32_sha256=fp32_sha, calibration_data=options.calibration_data,
                    calibration_samples=options.calibration_samples, method=options.method)
@@ -263,7 +267,8 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
         overrides = {} if options.img_size is None else {"img_size": options.img_size}
         with steps.step(f"{pid} export (fp32)"):
             fp32 = export(ExportOptions(options.model, options.checkpoint, options.seed,
-                                        options.prune(ratio), overrides, options.batch),
+                                        options.prune(ratio), overrides, 1,
+                                        max(EVAL_BATCH, options.batch)),
                           fp32_dir).manifest
         _record_export(fp32_dir, fp32_key, fp32)
     else:
@@ -299,7 +304,7 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
     labelled = labelled_from_spec(options.data, target.num_classes, target.input_name,
                                   target.sample_shape, options.labels)
     with steps.step(f"{pid} {precision} eval ({len(labelled)} inputs)"):
-        accuracy = evaluate(target, labelled, threads=options.threads)
+        accuracy = evaluate(target, labelled, batch=EVAL_BATCH, threads=options.threads)
     record = {"id": pid, "keep_ratio": ratio, "precision": precision,
               "prune": key["prune"], "export": str(export_dir.relative_to(out)),
               "onnx_sha256": target.deployed.manifest.files[MODEL_FILE]["sha256"],
