@@ -41,7 +41,7 @@ demo: setup
 	$(BIN)/ssmprune parity $(DEMO_OUT)/$(DEFAULT) --batch 8
 	$(BIN)/ssmprune calibrate $(DEMO_OUT)/$(DEFAULT) --data digits:train --samples 256 -o $(DEMO_OUT)/$(DEFAULT)_int8
 	$(BIN)/ssmprune build $(DEMO_OUT)/$(DEFAULT) --no-plugins --target sm_86 -o $(DEMO_OUT)/$(DEFAULT).engine
-	$(BIN)/ssmprune bench $(DEFAULT) $(DEFAULT)_top $(DEMO_OUT)/$(DEFAULT) $(DEMO_OUT)/$(DEFAULT)_int8 --batch 1 --iterations 20 --plot $(DEMO_OUT)/bench.png
+	$(BIN)/ssmprune bench $(DEFAULT) $(DEFAULT)_top $(DEMO_OUT)/$(DEFAULT) $(DEMO_OUT)/$(DEFAULT)_int8 --batch 1 --iterations 20 --threads 1 --plot $(DEMO_OUT)/bench.png
 	$(BIN)/ssmprune sweep $(DEFAULT) --keep-ratios 1.0,0.9,0.8 --data digits:held_out --iterations 10 -o $(DEMO_OUT)/sweep
 	$(BIN)/python demo/summary.py $(DEMO_OUT)
 

@@ -49,9 +49,12 @@ def bench_plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xticks([])
         ax.set_ylabel("latency p50 (ms), whisker p90")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(names)), fontsize=8,
-               frameon=False)
+    # Each panel holds the targets its runtime ran: the legend gathers them all.
+    legend = {}
+    for ax in axes[0]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(legend.values()), list(legend), loc="lower center",
+               ncol=min(4, len(legend)), fontsize=8, frameon=False)
     machine = result.get("machine", {})
     fig.suptitle(f"ssmprune bench: {machine.get('cpu', '')} ({machine.get('date', '')}); "
                  "labels: p50 / first target's", fontsize=9)
