@@ -18,14 +18,20 @@ minutes: TensorRT-RTX compiles an engine in one builder step, with no
 callback in between. A thread sees the signal at once (``signal.set_wakeup_fd``:
 the call releases the GIL, but Python runs handlers only between bytecodes of
 the main thread) and, when the call has not ended ``grace`` seconds later,
-ends the process: the hook of ``handled()`` prints the interruption, then
-``os._exit(128 + signal)``.
+ends the process: it removes the temporaries of the writes still open
+(``track_temporary``: ``os._exit`` runs no ``finally``), the hook of
+``handled()`` prints the interruption, then ``os._exit(128 + signal)``, even
+when printing fails (a closed pipe).
+
+Once an interruption has been raised, further signals are only recorded: a
+second Ctrl-C must not cut the cleanup the first one started.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -39,6 +45,8 @@ CANCEL_GRACE_S = 2.0
 _deferring = 0  # depth of nested deferred() blocks
 _pending: Optional[int] = None  # the first signal received while deferring
 _on_forced_exit: Optional[Callable[["Interrupted"], None]] = None
+_raised = False  # an Interrupted has been raised: the command is on its way out
+_temporaries: set[str] = set()  # the open temporaries of ssmprune.outputs
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,11 +66,22 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _handler(signum: int, frame) -> None:
-    global _pending
-    if _deferring:
+    global _pending, _raised
+    if _deferring or _raised:
         _pending = _pending or signum
         return
+    _raised = True
     raise Interrupted(signum)
+
+
+def track_temporary(path: os.PathLike) -> None:
+    """``path`` (an open write's temporary) is removed if ``cancellable()`` ends the process."""
+    _temporaries.add(os.fspath(path))
+
+
+def untrack_temporary(path: os.PathLike) -> None:
+    """``path`` was committed or removed: nothing to remove at a forced exit."""
+    _temporaries.discard(os.fspath(path))
 
 
 @contextmanager
@@ -70,7 +89,7 @@ def handled(on_forced_exit: Optional[Callable[[Interrupted], None]] = None) -> I
     """SIGINT and SIGTERM raise ``Interrupted`` inside the block (main thread only: Python
     runs signal handlers there; elsewhere the block runs unchanged). ``on_forced_exit``
     reports an interruption that ``cancellable()`` ends with ``os._exit``."""
-    global _on_forced_exit, _pending
+    global _on_forced_exit, _pending, _raised
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -82,6 +101,7 @@ def handled(on_forced_exit: Optional[Callable[[Interrupted], None]] = None) -> I
         yield
     finally:
         _on_forced_exit = _pending = None
+        _raised = False
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
@@ -150,9 +170,24 @@ def _watch(read_fd: int, done: threading.Event, grace: float) -> None:
 
 
 def _forced_exit(signum: int) -> None:
+    """Remove the open temporaries, report, end the process. Runs in the watcher thread:
+    whatever fails on the way (a closed pipe: ``BrokenPipeError``) must not stop the exit,
+    which is the point (a thread's exception would only end the thread)."""
     interrupted = Interrupted(signum)
-    if _on_forced_exit is not None:
-        _on_forced_exit(interrupted)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(interrupted.exit_code)
+    try:
+        for path in list(_temporaries):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                try:
+                    os.unlink(path)
+                except OSError:  # gone, or not ours: the others are still removed
+                    pass
+        if _on_forced_exit is not None:
+            _on_forced_exit(interrupted)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+    except BaseException:  # noqa: B036  (nothing may stop the exit below)
+        pass
+    finally:
+        os._exit(interrupted.exit_code)

@@ -179,3 +179,104 @@ def test_the_group_reports_an_interruption_in_one_line(raised, code, name):
     assert result.exit_code == code
     assert result.stderr.splitlines()[0] == f"error: interrupted ({name})"
     assert result.stderr.splitlines()[-1].startswith("FAILED | Runtime:")
+
+
+# A write held open around a cancellable() stretch that never ends by itself (a stand-in for
+# TensorRT-RTX's compile step inside `ssmprune bundle`'s atomic_dir): argv[1] is the output.
+_HELD_OPEN = """
+import sys, time
+from pathlib import Path
+from ssmprune import interrupt
+from ssmprune.outputs import atomic_dir
+with interrupt.handled():
+    with atomic_dir(Path(sys.argv[1])) as tmp:
+        (tmp / "model.engine").write_bytes(bytes(1 << 20))
+        with interrupt.cancellable(grace=0.3):
+            print("HELD", file=sys.stderr, flush=True)
+            time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_forced_exit_removes_the_open_temporaries(tmp_path, existing):
+    """``cancellable()`` ends the process with ``os._exit`` (no ``finally`` runs): the open
+    write's temporary is removed first, beside a new folder or inside an existing one."""
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+    run = Run([out], tmp_path, "HELD", signal.SIGTERM, driver=_HELD_OPEN)
+    assert run.returncode == 143, "\n".join(run.lines)
+    assert run.seconds < 5
+    assert _everything(tmp_path) == (["out"] if existing else [])
+
+
+# A SummaryGroup command that says HELD on stdout and then waits, inside cancellable() when
+# argv[1] is "cancellable"; its stderr is a pipe the test closes first (`2>&1 | tee log`, the
+# tee ended by the same Ctrl-C).
+_BROKEN_STDERR = """
+import sys, time
+import click
+from ssmprune import interrupt
+from ssmprune.cli import SummaryGroup
+
+@click.group(cls=SummaryGroup)
+def cli():
+    pass
+
+@cli.command()
+@click.argument("how")
+def wait(how):
+    if how == "cancellable":
+        with interrupt.cancellable(grace=0.3):
+            print("HELD", flush=True)
+            time.sleep(60)
+    print("HELD", flush=True)
+    time.sleep(60)
+
+cli(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("how", ["cancellable", "plain"])
+def test_a_closed_stderr_does_not_stop_an_interruption(tmp_path, how):
+    """Reporting the interruption on a closed pipe fails (BrokenPipeError): the process still
+    ends, promptly, with 130 (before: the forced exit's thread died of it and the command ran
+    on; the group's report turned 130 into 1)."""
+    proc = subprocess.Popen([sys.executable, "-c", _BROKEN_STDERR, "wait", how], cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "HELD"
+    proc.stderr.close()
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=10) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_timing_cache_is_written_after_the_cancellable_build(tmp_path, monkeypatch):
+    """The timing cache is written by ``build_to_file`` once ``build_engine`` (and its
+    ``cancellable()``, whose forced exit runs no cleanup) has returned, with no signal held."""
+    from types import SimpleNamespace
+
+    from ssmprune.engine import save
+    from ssmprune.engine.build import BuildOptions
+
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not parsed")
+    depth = []
+
+    def build(onnx_path, options, echo_level, max_batch):
+        with interrupt.cancellable():
+            return SimpleNamespace(engine=b"engine", timing_cache=b"cache")
+
+    def write_engine(path, engine, manifest):
+        depth.append(interrupt._deferring)
+        return path, tmp_path / "m.engine.json"
+
+    monkeypatch.setattr(save, "build_engine", build)
+    monkeypatch.setattr(save, "manifest_for", lambda *args: None)
+    monkeypatch.setattr(save, "write_engine", write_engine)
+    with interrupt.handled():
+        save.build_to_file(onnx, tmp_path / "m.engine", BuildOptions(timing_cache=tmp_path / "tc"))
+    assert (tmp_path / "tc").read_bytes() == b"cache" and depth == [0]

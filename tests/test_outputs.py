@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from exporter.export_cases import vim_digits_export  # noqa: F401  (session fixture)
 
 from cli_helpers import assert_one_line_error, invoke
-from ssmprune import outputs
+from ssmprune import interrupt, outputs
 from ssmprune.errors import OutputPathError
 from ssmprune.exporter.manifest import MANIFEST_FILE
 from ssmprune.interrupt import Interrupted
@@ -148,20 +153,197 @@ def test_manifest_is_committed_last(tmp_path, monkeypatch):
     assert order[-1] == MANIFEST_FILE == outputs.COMMIT_LAST
 
 
+def _make(path, kind):
+    path.mkdir() if kind == "dir" else path.write_text("x")
+
+
+def _locked(path):
+    """An fd holding ``flock(LOCK_EX)`` on ``path``: a live writer's temporary."""
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 @pytest.mark.parametrize("kind", ["file", "dir"])
-def test_stale_temporaries_of_dead_writers_are_removed(tmp_path, kind):
-    stale = tmp_path / f".out.{_dead_pid()}-0123abcd.tmp"
-    live = tmp_path / f".out.{os.getppid()}-0123abcd.tmp"  # pytest's parent: alive
+def test_stale_temporaries_are_removed_unless_their_lock_is_held(tmp_path, kind):
+    """Liveness is the temporary's lock, not the process id in its name: in a container
+    every run has the same id (here: this process's own), and a live writer in another PID
+    namespace has an id that means nothing here (here: a dead one)."""
+    stale = tmp_path / f".out.{os.getpid()}-0123abcd.tmp"  # SIGKILLed run with our id
+    live = tmp_path / f".out.{_dead_pid()}-0123abcd.tmp"  # a live writer elsewhere
     other = tmp_path / ".out.x.1-0123abcd.tmp"  # a temporary of `out.x`, not of `out`
     for p in (stale, live, other):
-        p.mkdir() if kind == "dir" else p.write_text("x")
-    prepare_output(tmp_path / "out", kind)
-    assert not stale.exists() and live.exists() and other.exists()
-    stale.mkdir() if kind == "dir" else stale.write_text("x")
-    writer = atomic_dir if kind == "dir" else atomic_file
-    with writer(tmp_path / "out"):
-        pass
-    assert not stale.exists() and live.exists()
+        _make(p, kind)
+    fd = _locked(live)
+    try:
+        prepare_output(tmp_path / "out", kind)
+        assert not stale.exists() and live.exists() and other.exists()
+        _make(stale, kind)
+        writer = atomic_dir if kind == "dir" else atomic_file
+        with writer(tmp_path / "out"):
+            pass
+        assert not stale.exists() and live.exists()
+    finally:
+        os.close(fd)
+    prepare_output(tmp_path / "out", kind)  # its writer ended without committing it
+    assert not live.exists()
+
+
+@pytest.mark.parametrize("name", [".out.99999999999999999999-abcdef12.tmp",
+                                  ".out.-1-abcdef12.tmp", ".out.12-ABCDEF12.tmp"])
+def test_odd_temporary_names_are_left_alone(tmp_path, name):
+    """Names this tool never makes are not its temporaries: kept, and no crash (a 20-digit
+    id was an OverflowError traceback)."""
+    (tmp_path / name).write_text("x")
+    prepare_output(tmp_path / "out", "file")
+    assert (tmp_path / name).exists()
+
+
+def test_a_writers_own_temporary_survives_another_cleaner(tmp_path):
+    """A concurrent write to the same place (a second process, or a second run in the same
+    PID namespace slot) keeps its temporary: only an unlocked one is stale."""
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "model.onnx").write_bytes(b"x")
+        prepare_output(out, "dir")  # what a second run does first
+        assert tmp.exists()
+    assert (out / "model.onnx").read_bytes() == b"x"
+    with atomic_dir(out) as tmp:  # an existing folder: the temporary is inside it
+        assert tmp.parent == out
+        (tmp / "model.onnx").write_bytes(b"y")
+        prepare_output(out, "dir")
+        assert tmp.exists()
+    assert (out / "model.onnx").read_bytes() == b"y" and _leftovers(out) == []
+
+
+def test_a_stale_temporary_inside_an_existing_folder_is_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".ssmprune.{os.getpid()}-0123abcd.tmp"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    prepare_output(out, "dir")
+    assert list(out.iterdir()) == []
+
+
+@pytest.fixture
+def other_filesystem(tmp_path, monkeypatch):
+    """``tmp_path/mnt`` behaves as a mount of another file system: a rename into or out of
+    it from elsewhere fails with EXDEV (``docker run -v $PWD/out:/out``)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    inside = lambda p: os.path.realpath(p).startswith(str(mnt.resolve()) + os.sep)  # noqa: E731
+
+    def crossing(real):
+        def rename(src, dst):
+            if inside(src) != inside(dst):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(src, dst)
+        return rename
+
+    monkeypatch.setattr(outputs.os, "rename", crossing(os.rename))
+    monkeypatch.setattr(outputs.os, "replace", crossing(os.replace))
+    return mnt
+
+
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_an_existing_folder_on_another_filesystem_is_written(tmp_path, other_filesystem,
+                                                             via_symlink):
+    target = other_filesystem
+    if via_symlink:
+        target = tmp_path / "link"
+        target.symlink_to(other_filesystem)
+    (other_filesystem / "notes.txt").write_text("kept")
+    assert prepare_output(target, "dir") == target
+    with atomic_dir(target) as tmp:
+        (tmp / MANIFEST_FILE).write_text("{}")
+        (tmp / "model.onnx").write_bytes(b"1")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "f").write_text("f")
+    assert sorted(p.name for p in other_filesystem.iterdir()) == \
+        [MANIFEST_FILE, "model.onnx", "notes.txt", "sub"]
+    assert _leftovers(tmp_path) == [] and _leftovers(other_filesystem) == []
+
+
+def test_an_existing_folder_under_a_read_only_parent_is_writable(tmp_path, monkeypatch):
+    """An existing writable folder is written inside itself: its parent's permission does
+    not matter; a new folder needs it."""
+    parent = tmp_path / "ro"
+    (parent / "out").mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(outputs.os, "access",
+                        lambda p, mode: False if os.fspath(p) == str(parent) else real(p, mode))
+    assert prepare_output(parent / "out", "dir") == parent / "out"
+    with pytest.raises(OutputPathError, match="permission denied"):
+        prepare_output(parent / "new", "dir")
+
+
+def test_a_second_ctrl_c_does_not_cut_the_cleanup(tmp_path, monkeypatch):
+    """SIGINT, then SIGINT again while the temporary is being removed: it is still removed."""
+    real = outputs.shutil.rmtree
+    seen = []
+
+    def rmtree_with_a_second_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(outputs.shutil, "rmtree", rmtree_with_a_second_ctrl_c)
+    with interrupt.handled():
+        with pytest.raises(Interrupted):
+            with atomic_dir(tmp_path / "out") as tmp:
+                for i in range(50):
+                    (tmp / f"f{i}").write_bytes(b"x")
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+    assert list(tmp_path.iterdir()) == [] and seen
+
+
+def test_a_held_folder_lock_does_not_stop_an_interruption(tmp_path):
+    """Another process holds the output folder's lock (``flock DIR sleep 1000``): the commit
+    waits for it, and a Ctrl-C still ends the wait at once, leaving nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = _locked(out)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    release = threading.Timer(3.0, os.close, (fd,))
+    release.start()
+    start = time.perf_counter()
+    try:
+        with interrupt.handled():
+            with pytest.raises(Interrupted):
+                with atomic_dir(out) as tmp:
+                    (tmp / "model.onnx").write_bytes(b"x")
+        seconds = time.perf_counter() - start
+    finally:
+        release.join()
+    assert seconds < 2.0
+    assert list(out.iterdir()) == []
+
+
+def test_files_that_vouch_for_each_other_are_renamed_together(tmp_path, monkeypatch):
+    """An interruption while the new engine and manifest are synced leaves the old pair
+    whole (before: the engine was renamed before the manifest was synced)."""
+    from engine.test_engine_manifest import make_manifest
+    from ssmprune.engine.manifest import read_manifest, verify_engine_file, write_engine
+
+    path = tmp_path / "vim.engine"
+    write_engine(path, b"old engine", make_manifest())
+    calls = []
+    real = os.fsync
+
+    def fsync_then_signal(fd):
+        calls.append(fd)
+        real(fd)
+        if len(calls) == 2:  # between the two files' syncs (old: after the engine's rename)
+            raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(outputs.os, "fsync", fsync_then_signal)
+    with pytest.raises(Interrupted):
+        write_engine(path, b"new engine!", make_manifest())
+    verify_engine_file(path, read_manifest(path))
+    assert path.read_bytes() == b"old engine" and _leftovers(tmp_path) == []
 
 
 # Issue 15, "Output paths": every command checks its outputs before any work, in one line.

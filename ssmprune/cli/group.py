@@ -14,6 +14,16 @@ from ssmprune.errors import SsmpruneError
 USER_ERROR_EXIT = 2
 
 
+def _tell(text: str) -> None:
+    """``text`` on stderr, unless stderr is gone (a closed pipe: ``... 2>&1 | tee log``, the
+    tee killed by the same Ctrl-C): an exit status is all that is left to give then, and
+    a BrokenPipeError must not turn an interruption's 130 / 143 into 1."""
+    try:
+        click.echo(text, err=True)
+    except OSError:
+        pass
+
+
 class SummaryGroup(click.Group):
     """Runs a command, turns user errors into one line, ends with a summary.
 
@@ -35,11 +45,11 @@ class SummaryGroup(click.Group):
         status = "FAILED"
 
         def summary(status: str) -> None:
-            click.echo(f"{status} | Runtime: {time.perf_counter() - start:.1f}s | "
-                       f"Command: {command}", err=True)
+            _tell(f"{status} | Runtime: {time.perf_counter() - start:.1f}s | "
+                  f"Command: {command}")
 
         def forced_exit(err: interrupt.Interrupted) -> None:
-            click.echo(f"error: interrupted ({err.name})", err=True)
+            _tell(f"error: interrupted ({err.name})")
             summary("FAILED")
 
         try:
@@ -57,7 +67,7 @@ class SummaryGroup(click.Group):
         except KeyboardInterrupt as err:
             # A plain KeyboardInterrupt: a SIGINT before our handler was installed.
             err = err if isinstance(err, interrupt.Interrupted) else interrupt.Interrupted(signal.SIGINT)
-            click.echo(f"error: interrupted ({err.name})", err=True)
+            _tell(f"error: interrupted ({err.name})")
             ctx.exit(err.exit_code)
         finally:
             if ctx.invoked_subcommand is not None and status is not None:

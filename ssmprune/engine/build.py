@@ -90,6 +90,9 @@ class BuiltEngine:
     plugin_form: Optional[str] = None  # v3 / aot; None without plugin layers
     ptx_version: Optional[str] = None  # the aot kernels' PTX ISA, "8.4"
     batch_range: Optional[tuple[int, int, int]] = None  # the profile of a dynamic batch
+    # The timing cache to save (``build_to_file`` writes it, outside ``cancellable()``:
+    # ``os._exit`` there would leave its temporary); None without --timing-cache.
+    timing_cache: Optional[bytes] = None
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -385,15 +388,11 @@ def _build_engine(onnx_path: Path, options: BuildOptions, echo_level: str,
         errors = logger.errors_since(mark)
         raise EngineBuildError(f"{flavour.display} could not build an engine from "
                                f"{onnx_path.name}: {errors[-1] if errors else 'no reason given'}")
-    if cache is not None:
-        from ssmprune.engine.manifest import write_atomic
-
-        write_atomic(options.timing_cache, memoryview(cache.serialize()))
     inputs, outputs = _io(network)
     return BuiltEngine(memoryview(engine).cast("B"), flavour, precision, strongly_typed,
                        targets, gpu, plugins, lowered, inputs, outputs, seconds, notes,
                        form if plugins else None, _ptx_text(ptx_version) if plugins else None,
-                       profile)
+                       profile, bytes(memoryview(cache.serialize())) if cache is not None else None)
 
 
 def _add_batch_profile(builder: Any, network: Any, config: Any,

@@ -49,7 +49,7 @@ from pydantic import AfterValidator, Field, with_config
 from typing_extensions import TypedDict
 
 from ssmprune.engine.errors import EngineFileError
-from ssmprune.outputs import atomic_file
+from ssmprune.outputs import atomic_file, atomic_files
 from ssmprune.exporter.manifest import BATCH_DIM, PRECISIONS, Manifest
 from ssmprune.limits import MAX_BATCH
 from ssmprune.exporter.manifest import sha256_file  # noqa: F401  (one sha256 helper; re-exported)
@@ -231,22 +231,22 @@ class EngineManifest:
 
 def write_engine(engine_path: PathLike, engine: Union[bytes, memoryview],
                  manifest: EngineManifest) -> tuple[Path, Path]:
-    """Write the engine, then its manifest (both atomically); fills the engine's file fields.
+    """Write the engine and its manifest as a pair; fills the engine's file fields.
 
-    Both are written before either is renamed into place, the engine first: an
-    interruption leaves the old pair, or a new engine that its missing or old
-    manifest does not vouch for (refused when read), never a manifest
-    describing a half-written engine.
+    Both temporaries are written and synced before either is renamed, and
+    both renames happen in one stretch no signal cuts
+    (``outputs.atomic_files``), the engine first: an interruption leaves the
+    old pair or the new one, never a new engine beside the old manifest (a
+    working pair broken by a Ctrl-C during a rebuild).
     """
     engine_path = Path(engine_path)
     data = memoryview(engine).cast("B")
     manifest.engine = {"file": engine_path.name, "bytes": data.nbytes,
                        "sha256": hashlib.sha256(data).hexdigest()}
     mpath = manifest_path(engine_path)
-    with atomic_file(mpath) as manifest_tmp:
+    with atomic_files(engine_path, mpath) as (engine_tmp, manifest_tmp):
+        engine_tmp.write_bytes(data)
         manifest_tmp.write_text(manifest.to_json())
-        with atomic_file(engine_path) as engine_tmp:
-            engine_tmp.write_bytes(data)
     return engine_path, mpath
 
 

@@ -9,9 +9,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from ssmprune import interrupt
 from ssmprune.engine.build import BuildOptions, BuiltEngine, build_engine
 from ssmprune.engine.manifest import (EngineManifest, PathLike, manifest_path, sha256_file,
-                                       write_engine)
+                                       write_atomic, write_engine)
 from ssmprune.errors import BadInputFileError
 from ssmprune.exporter.manifest import MANIFEST_FILE, MODEL_FILE, read_export
 from ssmprune.outputs import prepare_output
@@ -119,4 +120,9 @@ def build_to_file(source: Path, output: Optional[PathLike], options: BuildOption
     built = build_engine(onnx_path, options, echo_level, max_batch)
     manifest = manifest_for(built, onnx_path, export_manifest, options)
     engine_path, manifest_path = write_engine(output, built.engine, manifest)
+    # Written here, not in build_engine: its cancellable() may end the process with
+    # os._exit, which would leave the write's temporary.
+    if built.timing_cache is not None and options.timing_cache is not None \
+            and interrupt.requested() is None:
+        write_atomic(options.timing_cache, built.timing_cache)
     return built, engine_path, manifest_path
