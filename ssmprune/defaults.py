@@ -8,3 +8,7 @@ library.
 # entropy and percentile on the digits models and on real photos
 # (benchmarks/bench_calibration_methods.py; RESULTS.md, "Choosing the calibration method").
 CALIBRATION_METHOD = "percentile"
+
+# Held-out inputs a calibration verdict is judged on (calibrate, sweep): 360 digits (the
+# whole held-out split) can tell 99 % agreement (Wilson lower bound 98.9 %), 64 cannot (94 %).
+HOLDOUT_SAMPLES = 400

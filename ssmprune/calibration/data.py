@@ -169,6 +169,11 @@ class NpzData:
         if labels is not None and labels.shape != (x.shape[0],):
             raise BadInputFileError(f"{self.path}: labels are {labels.shape}, expected "
                                     f"({x.shape[0]},)")
+        # Class indices: integers (bool, float or text labels would be truncated or fail).
+        if labels is not None and (labels.dtype == bool
+                                   or not np.issubdtype(labels.dtype, np.integer)):
+            raise BadInputFileError(f"{self.path}: labels are {labels.dtype}, not integer "
+                                    "class indices")
         x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise BadInputFileError(f"{self.path}: {input_name} holds NaN or inf")
@@ -302,3 +307,11 @@ def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
         out.append(np.ascontiguousarray(chunk))
     return out
+
+
+def default_holdout(model: str) -> str:
+    """The held-out set a calibration of ``model`` is judged on unless told: the digits
+    models' held-out split, else scikit-image photo crops (of another seed than the data)."""
+    from ssmprune.models.digits import EMBEDDED
+
+    return "digits:held_out" if model in EMBEDDED else PHOTOS_SPEC

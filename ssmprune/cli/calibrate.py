@@ -12,11 +12,7 @@ from typing import Iterator
 import click
 
 from ssmprune import limits
-from ssmprune.defaults import CALIBRATION_METHOD
-
-DIGITS_HOLDOUT = "digits:held_out"
-DEFAULT_HOLDOUT_SAMPLES = 400
-PHOTOS_HOLDOUT = "skimage"
+from ssmprune.defaults import CALIBRATION_METHOD, HOLDOUT_SAMPLES
 
 
 def _prepare_outputs(directory: str, data_spec: str, holdout, out_dir: str, report_path) -> None:
@@ -37,14 +33,6 @@ def _prepare_outputs(directory: str, data_spec: str, holdout, out_dir: str, repo
     if out.resolve() in report.resolve().parents:
         raise OutputPathError(f"--report {report_path} lies inside the -o folder {out_dir}, "
                               "which gets its own report.json: give a path outside it")
-
-
-def _default_holdout(model: str, data: str) -> str:
-    from ssmprune.models.digits import EMBEDDED
-
-    if model in EMBEDDED:
-        return DIGITS_HOLDOUT
-    return PHOTOS_HOLDOUT
 
 
 @click.command("calibrate")
@@ -68,7 +56,7 @@ def _default_holdout(model: str, data: str) -> str:
               help="Held-out set for the report (same forms as --data, or 'none'); default: "
                    "digits:held_out for the digits models, else scikit-image crops of another "
                    "seed.")
-@click.option("--holdout-samples", type=int, default=DEFAULT_HOLDOUT_SAMPLES, show_default=True,
+@click.option("--holdout-samples", type=int, default=HOLDOUT_SAMPLES, show_default=True,
               callback=limits.SAMPLES.callback,
               help="Held-out inputs to use at most (digits:held_out has 360): the verdict's "
                    "95% interval is reported; 64 samples that all agree still allow 94%.")
@@ -102,6 +90,7 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
         TimeElapsedColumn
 
     from ssmprune.calibration import CalibrateOptions, calibrate, data_from_spec
+    from ssmprune.calibration.data import default_holdout
     from ssmprune.calibration.report import table
     from ssmprune.errors import ConfigError
     from ssmprune.exporter.manifest import read_export
@@ -121,7 +110,7 @@ def calibrate_command(directory, data_spec, out_dir, method, precision, samples,
     limits.check_input_bytes("inputs (--holdout-samples)", holdout_samples, c, size)
     data = data_from_spec(data_spec, manifest.config, input_name, not no_resize, seed,
                           count=samples)
-    holdout = holdout or _default_holdout(manifest.model, data_spec)
+    holdout = holdout or default_holdout(manifest.model)
     held = None
     if holdout != "none":
         held = data_from_spec(holdout, manifest.config, input_name, not no_resize, seed + 1,

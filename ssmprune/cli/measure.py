@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -100,7 +101,8 @@ def bench_command(targets, batch_text, runtimes_text, warmup, iterations, second
 
         if not available():
             raise ConfigError(f"--plot: {MISSING}")
-        prepare_output(plot_path, "file", inputs=targets, option="--plot")
+        prepare_output(plot_path, "file", inputs=_read_paths(targets, checkpoint),
+                       option="--plot")
     _set_threads(threads)
 
     from ssmprune.measure.latency import BenchSettings, bench, resolve_bench_targets
@@ -116,18 +118,41 @@ def bench_command(targets, batch_text, runtimes_text, warmup, iterations, second
     result = bench(resolved, settings, skipped, _group_progress)
     for skip in result.skipped:
         click.echo(f"skipped: {skip['reason']}", err=True)
+    if not result.results:
+        from ssmprune.errors import ConfigError
+
+        raise ConfigError(f"nothing to time: {len(result.skipped)} target/batch case(s) "
+                          "skipped (above), none ran")
     data = result.to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         _bench_table(data)
-    if plot_path is not None and result.results:
+    if plot_path is not None:
         from ssmprune.measure.plot import bench_plot
         from ssmprune.outputs import atomic_file
 
         with atomic_file(plot_path) as tmp:
             bench_plot(data, tmp)
         click.echo(f"wrote {plot_path}", err=True)
+
+
+def _read_paths(targets, checkpoint) -> list[str]:
+    """Every file or folder bench reads: an export folder (or the folder of its .onnx, which
+    holds its manifest), an engine and its manifest, the checkpoint; model names are none."""
+    from ssmprune.engine.manifest import manifest_path
+
+    paths = [checkpoint] if checkpoint else []
+    for t in targets:
+        if not os.path.lexists(t):
+            continue
+        if os.path.isdir(t):
+            paths.append(t)
+        elif t.endswith(".onnx"):
+            paths.append(os.path.dirname(os.path.abspath(t)))
+        else:
+            paths += [t, str(manifest_path(t))]
+    return paths
 
 
 def _group_progress(line: str) -> None:
@@ -179,7 +204,9 @@ def _bench_table(data) -> None:
                         f"{'yes' if m['avx512'] else 'no'}), {m['date']}")
     for col in ("target", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
                 "peak RSS MiB", "ratio"):
-        table.add_column(col, justify="left" if col in ("target", "runtime") else "right")
+        # Targets are paths that often share a long prefix: fold them rather than cut them.
+        table.add_column(col, justify="left" if col in ("target", "runtime") else "right",
+                         overflow="fold" if col == "target" else "ellipsis")
     for r in data["results"]:
         mem = "-" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.1f}"
         ratio = "1 (base)" if r["target"] == r["ratio_to"] else f"{r['ratio']:.3f}"
@@ -318,11 +345,17 @@ def sweep_command(model, checkpoint, seed, img_size, ratios_text, prune_after_te
     precisions = bounds.name_list("--precisions", precisions_text, ("fp32", "int8", "fp8"))
     prune_after = None if prune_after_text is None else bounds.int_list(
         "--prune-after", prune_after_text, limits.Bound(1, bounds.MAX_LIST, "a block number"))
-    inputs = [p for p in (checkpoint, labels_file, data_spec, calibration_data) if p]
+    # Only what names a file or folder: digits:held_out or skimage are no paths.
+    inputs = [p for p in (checkpoint, labels_file, data_spec, calibration_data)
+              if p and os.path.lexists(p)]
     out = prepare_output(out_dir, "dir", inputs=inputs)
+    from ssmprune.measure.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG
+
+    for name in (SWEEP_JSON, SWEEP_MD, SWEEP_PNG):  # written last: checked first
+        prepare_output(out / name, "file", inputs=inputs)
     _set_threads(threads)
 
-    from ssmprune.measure.sweep import SWEEP_JSON, SWEEP_MD, SWEEP_PNG, SweepOptions, sweep
+    from ssmprune.measure.sweep import SweepOptions, sweep
 
     options = SweepOptions(model, ratios, data_spec, precisions, prune_after, importance,
                            alignment, checkpoint, seed, img_size, labels_file, calibration_data,

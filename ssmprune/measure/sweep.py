@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ssmprune.defaults import HOLDOUT_SAMPLES
 from ssmprune.errors import BadInputFileError, ConfigError
 from ssmprune.exporter.progress import Steps
 
@@ -133,11 +136,28 @@ def _checkpoint_sha(options: SweepOptions) -> Optional[str]:
     return None if path is None else sha256_file(Path(path))
 
 
+def fingerprint(spec: Optional[str]) -> Optional[str]:
+    """What a data or labels argument holds, so that a resumed sweep notices new content at
+    the same path: a file's sha256, a folder's (relative path, size, mtime) listing's, or
+    the spec itself for a named set (digits:held_out, skimage)."""
+    from ssmprune.exporter.manifest import sha256_file
+
+    if spec is None or not os.path.lexists(spec):
+        return spec
+    path = Path(spec)
+    if path.is_file():
+        return "sha256:" + sha256_file(path)
+    listing = sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                     for f in path.rglob("*") if f.is_file())
+    return "listing-sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
 def point_key(options: SweepOptions, ratio: float, precision: str, weights: Optional[str]
               ) -> dict[str, Any]:
     """Everything a point's numbers depend on: a stored point with another key is redone."""
     key = export_key(options, ratio, precision, weights)
-    key.update(data=options.data, labels=options.labels)
+    key.update(data=options.data, labels=options.labels, data_content=fingerprint(options.data),
+               labels_content=fingerprint(options.labels))
     return key
 
 
@@ -160,13 +180,17 @@ def _valid_export(directory: Path, sha256: Optional[str] = None):
 def export_key(options: SweepOptions, ratio: float, precision: str, weights: Optional[str],
                fp32_sha: Optional[str] = None) -> dict[str, Any]:
     """What an export of a point depends on (a quantized one: also its fp32 source)."""
+    from ssmprune.calibration.data import default_holdout
+
     prune = options.prune(ratio)
     key = {"model": options.model, "weights": weights or {"seed": options.seed},
            "img_size": options.img_size, "max_batch": max(EVAL_BATCH, options.batch),
            "precision": precision, "prune": None if prune is None else json.loads(json.dumps(dataclasses.asdict(prune)))}
     if precision != "fp32":
         key.update(fp32_sha256=fp32_sha, calibration_data=options.calibration_data,
-                   calibration_samples=options.calibration_samples, method=options.method)
+                   calibration_content=fingerprint(options.calibration_data),
+                   calibration_samples=options.calibration_samples, method=options.method,
+                   holdout=default_holdout(options.model), holdout_samples=HOLDOUT_SAMPLES)
     return key
 
 
@@ -229,6 +253,34 @@ def _write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+@dataclass
+class SweepInputs:
+    """What every point shares, read and checked once before the first export."""
+
+    labelled: Any  # measure.labelled.LabelledSet
+
+
+def sweep_inputs(options: SweepOptions) -> SweepInputs:
+    """The labelled set, checked against the model (classes, input shape), and every
+    point's pruning, checked by building its model's summary: bad input is one line
+    before minutes of exports, not after the first."""
+    from ssmprune.exporter.stages import INPUT_NAME
+    from ssmprune.measure.labelled import labelled_from_spec
+    from ssmprune.models.registry import get_entry
+
+    ids = [point_id(r) for r in options.keep_ratios]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--keep-ratios {','.join(map(str, options.keep_ratios))}: two "
+                          "ratios share a point folder name (they differ past 6 digits)")
+    for ratio in options.keep_ratios:
+        model_facts(options, ratio)
+    overrides = {} if options.img_size is None else {"img_size": options.img_size}
+    cfg = get_entry(options.model).config(**overrides)
+    labelled = labelled_from_spec(options.data, cfg.num_classes, INPUT_NAME,
+                                  (cfg.in_chans, cfg.img_size, cfg.img_size), options.labels)
+    return SweepInputs(labelled)
+
+
 def model_facts(options: SweepOptions, ratio: float) -> dict[str, Any]:
     """GFLOPs and tokens per block of the point's model (no weights needed)."""
     from ssmprune.models import create_model
@@ -241,15 +293,15 @@ def model_facts(options: SweepOptions, ratio: float) -> dict[str, Any]:
 
 
 def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
-              weights: Optional[str], steps: Steps, note: Note) -> dict[str, Any]:
+              weights: Optional[str], inputs: "SweepInputs", steps: Steps,
+              note: Note) -> dict[str, Any]:
     """One point: reuse a finished one, else export / calibrate / eval it (its latency is
     measured afterwards, with every other point's: ``time_points``)."""
-    from ssmprune.calibration.data import data_from_spec
+    from ssmprune.calibration.data import data_from_spec, default_holdout
     from ssmprune.calibration.quantize import CalibrateOptions, calibrate
     from ssmprune.exporter import ExportOptions, export
     from ssmprune.exporter.manifest import MODEL_FILE
     from ssmprune.measure.accuracy import evaluate
-    from ssmprune.measure.labelled import labelled_from_spec
     from ssmprune.measure.targets import file_target
 
     pid = point_id(ratio)
@@ -281,6 +333,9 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
         if quantized is None:
             data = data_from_spec(options.calibration_data, fp32.config, fp32.input["name"],
                                   count=options.calibration_samples)
+            # Judged, as `calibrate` judges it, on a held-out set: never on its own samples.
+            held = data_from_spec(default_holdout(options.model), fp32.config,
+                                  fp32.input["name"], seed=1, count=HOLDOUT_SAMPLES)
             with steps.step(f"{pid} calibrate ({precision}, {options.method})"):
                 # A point that misses calibrate's verdict is still a point of the curve: it
                 # is written (allow_miss) and its verdict recorded and shown.
@@ -290,7 +345,7 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
                     quantized = calibrate(fp32_dir, data, CalibrateOptions(
                         method=options.method, precision=precision,
                         samples=options.calibration_samples, allow_miss=True),
-                        export_dir).manifest
+                        export_dir, held).manifest
             _record_export(export_dir, q_key, quantized)
         else:
             note(f"{pid} {precision}: calibrated export verified, reused")
@@ -301,8 +356,7 @@ def run_point(options: SweepOptions, out: Path, ratio: float, precision: str,
         verdict = None
     target = file_target(str(export_dir))
     target.name = str(export_dir.relative_to(out))
-    labelled = labelled_from_spec(options.data, target.num_classes, target.input_name,
-                                  target.sample_shape, options.labels)
+    labelled = inputs.labelled
     with steps.step(f"{pid} {precision} eval ({len(labelled)} inputs)"):
         accuracy = evaluate(target, labelled, batch=EVAL_BATCH, threads=options.threads)
     record = {"id": pid, "keep_ratio": ratio, "precision": precision,
@@ -352,11 +406,13 @@ def sweep(options: SweepOptions, out_dir: str | Path, steps: Optional[Steps] = N
     options = options.resolved()
     steps = steps or Steps()
     out = Path(out_dir)
+    inputs = sweep_inputs(options)
     weights = _checkpoint_sha(options)
     points = []
     for ratio in options.keep_ratios:
         for precision in options.precisions:
-            points.append(run_point(options, out, ratio, precision, weights, steps, note))
+            points.append(run_point(options, out, ratio, precision, weights, inputs, steps,
+                                    note))
     timing = time_points(options, out, points, steps)
     for p in points:
         dense = next((d for d in points if d["keep_ratio"] == 1.0

@@ -79,6 +79,15 @@ def test_npz(tmp_path):
         NpzData(tmp_path / "bad.npz").load("images", (3, 32, 32))
 
 
+@pytest.mark.parametrize("labels", [np.arange(5) + 0.7, np.arange(5) > 2,
+                                    np.array(["cat"] * 5)])
+def test_npz_labels_must_be_class_indices(tmp_path, labels):
+    x = np.zeros((5, 3, 32, 32), np.float32)
+    np.savez(tmp_path / "cal.npz", images=x, labels=labels)
+    with pytest.raises(BadInputFileError, match="not integer class indices"):
+        NpzData(tmp_path / "cal.npz").load("images", (3, 32, 32))
+
+
 def test_digits_held_out():
     samples = DigitsData(CONFIG).load()
     assert samples.x.shape == (360, 3, 32, 32) and samples.labels.shape == (360,)

@@ -35,9 +35,13 @@ def digits_sweep(tmp_path_factory, digits_npz):
 
 
 @pytest.fixture(scope="session")
-def pruned_export(digits_sweep):
-    """vim_digits pruned as vim_digits_top (keep ratio 0.9), fp32, static batch 8."""
-    return digits_sweep[0] / "points" / "r0.9" / "fp32"
+def pruned_export(tmp_path_factory):
+    """vim_digits pruned as vim_digits_top (keep ratio 0.9), fp32, static batch 8 (the
+    sweep's own exports take a dynamic batch)."""
+    from ssmprune.exporter import ExportOptions, export
+
+    return export(ExportOptions("vim_digits", prune="vim_digits_top", batch=8),
+                  tmp_path_factory.mktemp("static8") / "vim_digits_top").directory
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,18 @@ def test_bench_cli_json_plot_and_engine_skip(pruned_export, tmp_path, monkeypatc
     assert stderr.splitlines()[-1].startswith("PASSED | Runtime:")
 
 
+def test_nothing_to_time_is_one_line_and_no_plot(pruned_export, tmp_path, monkeypatch):
+    """Only skipped cases (an engine without a GPU, a batch no file takes): exit 2."""
+    engine = fake_engine(pruned_export, tmp_path / "m.engine")
+    pretend_tensorrt(monkeypatch, installed=True, gpu=None)
+    plot = tmp_path / "bench.png"
+    for args in ([engine, "--batch", "8"], [pruned_export, "--batch", "4"]):
+        result, _, stderr = invoke("bench", *args, "--iterations", "2", "--plot", plot)
+        assert_one_line_error(result, stderr, "nothing to time")
+        assert any(line.startswith("skipped: ") for line in stderr.splitlines())
+        assert not plot.exists()
+
+
 def test_bench_table(pruned_export):
     result, stdout, stderr = invoke("bench", pruned_export, "--batch", "8,4", "--iterations",
                                     "2", "--threads", "1")
@@ -170,3 +182,17 @@ def test_batch_check_follows_the_manifest_range(pruned_export):
 def test_empty_target_is_one_line(args):
     result, _, stderr = invoke(*args)
     assert_one_line_error(result, stderr, "is empty ('")
+
+
+def test_plot_may_not_overwrite_what_bench_reads(pruned_export, tmp_path):
+    """The export's manifest (through its .onnx) and a checkpoint are inputs too."""
+    from ssmprune.models.digits import embedded_weights
+
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(embedded_weights("vim_digits").read_bytes())
+    for args, plot in (([pruned_export / "model.onnx"], pruned_export / "manifest.json"),
+                       (["vim_digits", "--checkpoint", ckpt], ckpt)):
+        before = plot.read_bytes()
+        result, _, stderr = invoke("bench", *args, "--iterations", "2", "--plot", plot)
+        assert_one_line_error(result, stderr, "--plot")
+        assert plot.read_bytes() == before

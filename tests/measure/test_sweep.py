@@ -90,6 +90,50 @@ def test_resume_keeps_finished_points_and_redoes_a_broken_one(digits_sweep, digi
         [p["correct_top1"] for p in summary["points"]]
 
 
+def test_new_data_at_the_same_path_redoes_the_points(digits_sweep, digits_npz, tmp_path):
+    """A resumed sweep compares the data's content, not its name."""
+    import shutil
+
+    import numpy as np
+
+    src, _, _ = digits_sweep
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    data = tmp_path / "d.npz"
+    arrays = dict(np.load(digits_npz))
+    arrays["labels"] = (arrays["labels"] + 1) % 10  # every label wrong now
+    np.savez(data, **arrays)
+    result, _, stderr = invoke("sweep", *SWEEP_ARGS, "--data", data, "-o", out)
+    assert result.exit_code == 0, stderr
+    assert "finished earlier, kept" not in stderr
+    again = json.loads((out / "sweep.json").read_text())
+    assert all(p["top1"] < 0.2 for p in again["points"])
+
+
+def test_calibration_verdicts_are_judged_on_held_out_data(digits_sweep):
+    _, summary, _ = digits_sweep
+    verdicts = [p["calibration_verdict"] for p in summary["points"] if p["precision"] == "int8"]
+    assert verdicts and all(v["judged_on"] == "held_out" for v in verdicts)
+
+
+def test_bad_data_is_refused_before_any_export(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result, _, stderr = invoke("sweep", "vim_digits", "--keep-ratios", "1.0,0.9", "--data",
+                               tmp_path / "empty", "-o", tmp_path / "out")
+    assert_one_line_error(result, stderr)
+    assert "export" not in stderr and not (tmp_path / "out" / "points").exists()
+
+
+def test_named_sets_are_no_paths_and_files_are_checked_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "sweep.md").mkdir(parents=True)  # a folder where a file goes
+    result, _, stderr = invoke("sweep", "vim_digits", "--keep-ratios", "1.0", "--data",
+                               "digits:held_out", "-o", "out")
+    assert_one_line_error(result, stderr, "sweep.md")
+    assert "digits:held_out" not in stderr.splitlines()[0]
+    assert not (tmp_path / "out" / "points").exists()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["vim_digits", "--keep-ratios", "1.0,1.2"], "1.2 is not a keep ratio"),
     (["vim_digits", "--keep-ratios", "0.9", "--precisions", "int4"], "choose from fp32"),
