@@ -41,7 +41,7 @@ class Outcome:
 
 
 # Max relative error of a Triton scan against the fp32 reference on the same rounded
-# inputs, per output dtype: the table SCAN_TOL of tests/plugins/test_triton_kernels.py.
+# inputs, per output dtype: the table SCAN_TOL of tests/ops/test_triton_kernels.py.
 SCAN_TOL = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 1e-2}
 
 # Scan shapes at 224 px (ssmprune.models; `ssmprune info MODEL --prune PRESET`):

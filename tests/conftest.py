@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic hypothesis profile, slow tests first, one assertion helper."""
+"""Shared test settings: deterministic hypothesis profile, slow tests first."""
 
 import os
 
@@ -11,14 +11,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ssmprune"))
 torch.set_num_threads(1)
-
-
-def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| relative to the largest |expected| (0 for empty)."""
-    if expected.numel() == 0:
-        return 0.0
-    scale = expected.float().abs().max().clamp_min(1e-12)
-    return ((actual.float() - expected.float()).abs().max() / scale).item()
 
 
 def pytest_collection_modifyitems(config, items):

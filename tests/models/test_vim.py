@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import max_rel_error
+from numerics import max_rel_error
 from ssmprune.errors import ConfigError, InputShapeError, SsmpruneError, UnknownModelError
 from ssmprune.models import create_model, model_names
 from ssmprune.models.vim import BiMambaV2, Block, VimConfig, VisionMamba

@@ -33,7 +33,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import max_rel_error
+from numerics import max_rel_error
 from ops.test_selective_scan import make_inputs
 from ssmprune.exporter.bodies import BODIES
 from ssmprune.exporter.op_models import op_model, run_op_model

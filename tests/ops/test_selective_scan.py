@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import max_rel_error
+from numerics import max_rel_error
 from ssmprune.ops import cpu_kernel
 from ssmprune.ops.selective_scan import (
     selective_scan,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import max_rel_error
+from numerics import max_rel_error
 from ops.test_selective_scan import make_inputs
 from ssmprune.engine import trt as trt_mod
 from ssmprune.exporter.schemas import GATHER_ATTRIBUTES, SCAN_ATTRIBUTES, SCAN_INPUTS

@@ -9,12 +9,12 @@ compiled kernels to run carry ``requires_cuda``.
 import pytest
 import torch
 
-from conftest import max_rel_error
+from numerics import max_rel_error
 from ops.test_selective_scan import make_inputs
 from ssmprune.models import create_model
 from ssmprune.ops.selective_scan import selective_scan_ref
 from ssmprune.ops.token_gather import token_gather_ref
-from ssmprune.plugins import triton as triton_plugins
+from ssmprune.ops import triton as triton_plugins
 from ssmprune.ops.triton import aot
 from ssmprune.ops.triton.runtime import Launch
 from ssmprune.ops.triton.selective_scan import KERNEL as SCAN_KERNEL
