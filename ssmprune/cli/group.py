@@ -17,7 +17,7 @@ USER_ERROR_EXIT = 2
 def _tell(text: str) -> None:
     """``text`` on stderr, unless stderr is gone (a closed pipe: ``... 2>&1 | tee log``, the
     tee killed by the same Ctrl-C): an exit status is all that is left to give then, and
-    a BrokenPipeError must not turn an interruption's 130 / 143 into 1."""
+    a BrokenPipeError must not turn an interruption's 130 / 143, or a user error's 2, into 1."""
     try:
         click.echo(text, err=True)
     except OSError:
@@ -62,7 +62,7 @@ class SummaryGroup(click.Group):
             status = "PASSED" if done.exit_code else None
             raise
         except SsmpruneError as err:
-            click.echo(f"error: {err}", err=True)
+            _tell(f"error: {err}")
             ctx.exit(USER_ERROR_EXIT)
         except KeyboardInterrupt as err:
             # A plain KeyboardInterrupt: a SIGINT before our handler was installed.

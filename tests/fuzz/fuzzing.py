@@ -3,8 +3,10 @@ run must meet (``run_checked``); the fixtures are in conftest.py.
 
 The property: exit 0 with correct output (``ok`` checks it), or exit 2 with exactly one
 ``error:`` line; never a traceback, never exit 1; nothing half-written (no temporary left,
-and a failed run changes no file); no file read outside the artifact's folder (secrets
-planted beside every workspace's artifacts are watched with an audit hook on ``open``).
+a failed run changes no file, a passing one only its outputs); no file read outside the
+artifact's folder (secrets planted beside every workspace's artifacts are watched with an
+audit hook on ``open``, by real path). A tampered input (``refused_by``) must be refused
+by the check that guards it, not by a later refusal that would hide its acceptance.
 
 Commands run in-process (click's CliRunner); the signal tests are in tests/test_interrupt.py.
 """
@@ -12,6 +14,7 @@ Commands run in-process (click's CliRunner); the signal tests are in tests/test_
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -48,7 +51,8 @@ _READ_SECRETS: list[str] = []
 
 def _audit(event: str, args) -> None:
     if event == "open" and _SECRETS and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.path.abspath(os.fsdecode(args[0]))
+        # By real path: a reader may open a link's target (``Path.resolve()``), not the link.
+        path = os.path.realpath(os.fsdecode(args[0]))
         if path in _SECRETS:
             _READ_SECRETS.append(path)
 
@@ -58,9 +62,10 @@ ALWAYS_SECRET = ("/etc/passwd", "/etc/shadow")
 
 
 class Workspace:
-    """A fresh folder for one example: ``root/outside`` holds the secrets (a copy of a real
-    model.onnx, checkpoint and image, so reading one would "work"), the rest is the
-    example's. Every path in ``self.secrets`` is watched."""
+    """A fresh folder for one example: ``root/outside`` holds the secrets (copies of a real
+    model.onnx, checkpoint and image, so reading one would "work"; copies, not links, so
+    the watched real paths are theirs), the rest is the example's. Every path in
+    ``self.secrets`` is watched."""
 
     def __init__(self, root: Path, export_dir: Path):
         self.root = root
@@ -69,8 +74,9 @@ class Workspace:
         for name, source in (("secret.onnx", export_dir / MODEL_FILE),
                              ("secret.safetensors", embedded_weights("vim_digits")),
                              ("secret.png", CORPUS / "images" / "gray.png")):
-            os.symlink(source, self.outside / name)
-        self.secrets = {str(p) for p in self.outside.iterdir()} | set(ALWAYS_SECRET)
+            shutil.copyfile(source, self.outside / name)
+        self.secrets = ({os.path.realpath(p) for p in self.outside.iterdir()}
+                        | {os.path.realpath(p) for p in ALWAYS_SECRET})
 
     def copy_export(self, source: Path, name: str = "export") -> Path:
         dest = self.root / name
@@ -95,9 +101,28 @@ def _snapshot(folder: Path) -> dict[str, tuple]:
     return out
 
 
-def run_checked(ws: Workspace, args, ok: Optional[Callable] = None, env=None):
-    """Run ``ssmprune ARGS`` and assert the fuzz property; ``ok(result)`` checks a success.
-    Returns click's result."""
+#: An integrity or schema refusal (a manifest's check, which names the manifest or its .json file;
+#: a file's size or sha256): the line a
+#: tampered input must end with.
+INTEGRITY = re.compile(r"manifest|sha256|schema|\.json\b", re.IGNORECASE)
+
+# Options that name a command's outputs: a passing run may change what they name, nothing else.
+OUTPUT_OPTIONS = ("-o", "--output", "--report", "--timing-cache", "--plot")
+
+
+def _outputs(args: list[str]) -> list[str]:
+    return [os.path.abspath(v) for k, v in zip(args, args[1:]) if k in OUTPUT_OPTIONS]
+
+
+def _is_output(path: str, outputs: list[str]) -> bool:
+    return any(path == o or path.startswith(o.rstrip(os.sep) + os.sep) for o in outputs)
+
+
+def run_checked(ws: Workspace, args, ok: Optional[Callable] = None, env=None,
+                refused_by: Optional["re.Pattern[str]"] = None):
+    """Run ``ssmprune ARGS`` and assert the fuzz property; ``ok(result)`` checks a success
+    (it fails by returning False or by asserting). ``refused_by``: the input was tampered
+    with, so the run must exit 2 with an error line it matches. Returns click's result."""
     args = [str(a) for a in args]
     before = _snapshot(ws.root)
     _SECRETS.clear()
@@ -117,10 +142,19 @@ def run_checked(ws: Workspace, args, ok: Optional[Callable] = None, env=None):
     assert not _READ_SECRETS, f"read outside the artifact's folder: {_READ_SECRETS}\n{where}"
     after = _snapshot(ws.root)
     assert not [p for p in after if p.endswith(".tmp")], f"a temporary left: {where}"
+    if refused_by is not None:
+        assert result.exit_code == 2, f"a tampered input was accepted: {where}"
     if result.exit_code == 2:
         errors = [ln for ln in result.stderr.splitlines() if ln.lower().startswith("error:")]
         assert len(errors) == 1, where
+        if refused_by is not None:
+            assert refused_by.search(errors[0]), f"refused by a later check: {where}"
         assert after == before, f"a failed run changed files: {where}"
-    elif ok is not None:
-        ok(result)
+    else:
+        outputs = _outputs(args)
+        changed = [p for p, st in before.items() if after.get(p) != st
+                   and not _is_output(str(ws.root / p), outputs)]
+        assert not changed, f"a passing run changed {changed}, not its outputs: {where}"
+        if ok is not None:
+            assert ok(result) is not False, f"wrong output: {where}"
     return result

@@ -8,7 +8,7 @@ the broken file too.
 from __future__ import annotations
 
 import pytest
-from fuzzing import fuzz_settings, run_checked
+from fuzzing import INTEGRITY, fuzz_settings, run_checked
 from hypothesis import given
 from hypothesis import strategies as st
 from mutations import mutated_bytes, rehash
@@ -39,12 +39,16 @@ def test_mutated_onnx(command, examples, digits_exports, workspace):
         with workspace() as ws:
             export_dir = ws.copy_export(digits_exports[model])
             onnx = export_dir / MODEL_FILE
-            _, blob = data.draw(mutated_bytes(onnx.read_bytes()))
+            original = onnx.read_bytes()
+            _, blob = data.draw(mutated_bytes(original))
             onnx.write_bytes(blob)
             if rehashed:
                 rehash(export_dir / MANIFEST_FILE, onnx)
+            # Not re-hashed, a changed file is refused by its size or sha256, first.
+            tampered = blob != original and not rehashed
             run_checked(ws, ONNX_COMMANDS[command](ws, export_dir),
-                        env={"SSMPRUNE_TENSORRT": "tensorrt_rtx"})
+                        env={"SSMPRUNE_TENSORRT": "tensorrt_rtx"},
+                        refused_by=INTEGRITY if tampered else None)
 
     check()
 
@@ -107,12 +111,15 @@ def test_mutated_engine_file(command, examples, digits_exports, workspace):
         with workspace() as ws:
             export_dir = ws.copy_export(digits_exports["vim_digits"])
             engine = fake_engine(export_dir, ws.root / "vim.engine")
-            _, blob = data.draw(mutated_bytes(engine.read_bytes()))
+            original = engine.read_bytes()
+            _, blob = data.draw(mutated_bytes(original))
             engine.write_bytes(blob)
             args = (["run", engine, "--repeats", 1] if command == "run" else
                     ["parity", export_dir, "--engine", engine, "--runtimes", "torch,trt",
                      "--samples", 1])
-            run_checked(ws, args)
+            # Refused by its size or sha256, not by "needs a GPU" (which would hide a
+            # missing check).
+            run_checked(ws, args, refused_by=INTEGRITY if blob != original else None)
 
     check()
 
