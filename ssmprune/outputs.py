@@ -2,9 +2,10 @@
 
 Every command that writes calls ``prepare_output`` on each output first, so a
 bad path is one line before minutes of work, not a traceback after them. The
-writes go through ``atomic_file`` / ``atomic_dir``: a temporary beside the
-target, renamed into place on success, removed on any exception, SIGINT or
-SIGTERM included (``ssmprune.interrupt``).
+writes go through ``atomic_file`` / ``atomic_files`` / ``atomic_dir``: a
+temporary, renamed into place on success, removed on any exception, SIGINT or
+SIGTERM included, and before ``cancellable()``'s forced exit
+(``ssmprune.interrupt``).
 
 Temporaries are named ``.NAME.PID-RANDOM.tmp`` beside the target ``NAME``,
 or ``.ssmprune.PID-RANDOM.tmp`` inside a folder that already exists (so its
@@ -281,6 +282,9 @@ def _temporary(target: Path, is_dir: bool) -> Iterator[Path]:
         except OSError as err:
             if err.errno in _FULL_ERRNOS:
                 raise OutputPathError(f"cannot write {target}: {err.strerror}") from None
+            if not os.path.lexists(tmp):  # removed under us: another user, a manual rm
+                raise OutputPathError(f"cannot write {target}: its temporary {tmp.name} was "
+                                      f"removed by another process ({err.strerror})") from None
             raise
     finally:
         with interrupt.deferred():

@@ -226,6 +226,16 @@ def test_a_stale_temporary_inside_an_existing_folder_is_removed(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_a_temporary_removed_under_the_writer_is_one_line(tmp_path):
+    """Another process (another user, a manual ``rm``) removes the temporary being filled:
+    one line, not a FileNotFoundError traceback."""
+    with pytest.raises(OutputPathError, match="removed by another process"):
+        with atomic_dir(tmp_path / "out") as tmp:
+            outputs.shutil.rmtree(tmp)
+            (tmp / "model.onnx").write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def other_filesystem(tmp_path, monkeypatch):
     """``tmp_path/mnt`` behaves as a mount of another file system: a rename into or out of
