@@ -129,9 +129,11 @@ def requested() -> Optional[int]:
 @contextmanager
 def cancellable(grace: float = CANCEL_GRACE_S) -> Iterator[None]:
     """``deferred()`` that ends the process when the block has not ended ``grace`` seconds
-    after a signal (see the module docstring). It must not enclose an open atomic write:
-    ``os._exit`` runs no cleanup. Without ``handled()`` (no handler of ours) it is
-    ``deferred()``."""
+    after a signal (see the module docstring). ``os._exit`` runs no ``finally``: the
+    temporaries of the atomic writes open around it (``ssmprune bundle`` builds engines
+    inside its folder's) are removed first (``track_temporary``); anything else the
+    block's callers would clean up is not. Without ``handled()`` (no handler of ours) it
+    is ``deferred()``."""
     if signal.getsignal(signal.SIGINT) is not _handler \
             or threading.current_thread() is not threading.main_thread():
         with deferred():

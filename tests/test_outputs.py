@@ -310,6 +310,32 @@ def test_a_second_ctrl_c_does_not_cut_the_cleanup(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [] and seen
 
 
+@pytest.mark.parametrize("atomic", [atomic_file, atomic_dir])
+def test_a_signal_just_after_the_temporary_is_made_leaves_nothing(tmp_path, monkeypatch,
+                                                                   atomic):
+    """SIGINT lands right after the temporary is created, before the write's cleanup is in
+    place (before: outside its ``try``, so the empty temporary stayed)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def then_sigint(real):
+        def made(path, *args, **kwargs):
+            result = real(path, *args, **kwargs)
+            if os.fspath(path).endswith(".tmp"):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here
+            return result
+        return made
+
+    monkeypatch.setattr(os, "open", then_sigint(real_open))
+    monkeypatch.setattr(os, "mkdir", then_sigint(real_mkdir))
+    with interrupt.handled():
+        with pytest.raises(Interrupted):
+            with atomic(tmp_path / "out"):
+                pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_held_folder_lock_does_not_stop_an_interruption(tmp_path):
     """Another process holds the output folder's lock (``flock DIR sleep 1000``): the commit
     waits for it, and a Ctrl-C still ends the wait at once, leaving nothing."""
