@@ -29,7 +29,8 @@ def _size(path: Path) -> str:
 def _export_row(folder: Path) -> tuple[str, str, str]:
     _, m = read_export(folder)
     pruned = f"pruned ({m.prune_preset or 'custom'})" if m.prune else "dense"
-    what = f"{m.model} {pruned}, {m.precision}, batch {m.batch}"
+    batch = f"batch 1 to {m.max_batch}" if m.dynamic else f"batch {m.batch}"
+    what = f"{m.model} {pruned}, {m.precision}, {batch}"
     report = folder / REPORT_FILE
     figure = ""
     if report.is_file():
@@ -75,10 +76,12 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "out")
     table = Table(title=f"What `make demo` produced (under {out}/)")
     for column in ("artifact", "path", "what", "size", "key figure"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows(out):
         table.add_row(*row)
-    Console().print(table)
+    # Wide enough for paths and figures when stdout is not a terminal (make's output).
+    console = Console()
+    Console(width=max(console.width, 140)).print(table)
 
 
 if __name__ == "__main__":
