@@ -231,7 +231,8 @@ def _bench_table(data) -> None:
               help="Another TARGET: also report its accuracy and the top-1 agreement.")
 @click.option("--batch", type=int, default=64, show_default=True,
               callback=bounds.EVAL_BATCH.callback,
-              help="Inputs per forward of a model by name (a file runs at its static batch).")
+              help="Inputs per forward: a model by name takes it as is, a dynamic-batch file "
+                   "clamped to its range, a static file runs at its own batch.")
 @click.option("--threads", type=int, default=None, callback=bounds.THREADS.callback,
               help="Intra-op threads of torch and ONNX Runtime (default: theirs).")
 @click.option("--no-resize", is_flag=True,
