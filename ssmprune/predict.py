@@ -155,9 +155,8 @@ def _engine_deployed(path: Path) -> Deployed:
                                 "an `ssmprune export` folder")
     manifest = Manifest.from_dict(engine.source, f"{manifest_path(path)} (its source export)")
     runtime = engine_runtime(path, engine)
-    low, _, high = engine.batch_range or (runtime.runner.input_shape[0],) * 3
     return Deployed(path, manifest, runtime, "", runtime.runner.input_name,
-                    runtime.runner.input_shape, (low, high))
+                    runtime.runner.input_shape, engine.batch_limits())
 
 
 def timed_batches(runner: BaseRunner, input_name: str, x: Tensor, batch: int,

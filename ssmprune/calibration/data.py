@@ -298,12 +298,13 @@ class _Bound:
 DYNAMIC_FEED_BATCH = 32
 
 
-def batches(x: np.ndarray, batch: int) -> list[np.ndarray]:
-    """(n, ...) -> chunks of exactly ``batch``; the last is padded with its first sample."""
+def batches(x: np.ndarray, batch: int, pad: bool = True) -> list[np.ndarray]:
+    """(n, ...) -> contiguous chunks of ``batch``; with ``pad`` (a static batch) the last is
+    padded to ``batch`` with its first sample, else it is left short."""
     out = []
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
-        if len(chunk) < batch:
+        if pad and len(chunk) < batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - len(chunk), axis=0)])
         out.append(np.ascontiguousarray(chunk))
     return out

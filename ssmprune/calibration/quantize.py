@@ -136,12 +136,9 @@ class _Reader:
 
     def __init__(self, input_name: str, x: np.ndarray, manifest: Manifest,
                  progress: Optional[Progress]):
-        if manifest.dynamic:
-            step = min(manifest.batch_range()[1], DYNAMIC_FEED_BATCH)
-            chunks = [np.ascontiguousarray(x[i:i + step]) for i in range(0, len(x), step)]
-        else:
-            chunks = batches(x, manifest.batch)
-        self.feeds = [{input_name: b} for b in chunks]
+        step = (min(manifest.batch_range()[1], DYNAMIC_FEED_BATCH) if manifest.dynamic
+                else manifest.batch)
+        self.feeds = [{input_name: b} for b in batches(x, step, pad=not manifest.dynamic)]
         self.progress = progress
         self.done = 0
 

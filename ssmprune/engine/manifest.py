@@ -168,16 +168,23 @@ class EngineManifest:
         return json.dumps({"kind": KIND, "schema_version": SCHEMA_VERSION, **asdict(self)},
                           indent=2) + "\n"
 
+    def batch_limits(self) -> tuple[int, int]:
+        """(smallest, largest) batch the engine runs: (b, b) for a static batch b, the
+        profile's min and max for a dynamic one (``Manifest.batch_range``'s twin)."""
+        if self.batch_range is None:
+            static = self.onnx["inputs"][0]["shape"][0]
+            return static, static
+        return self.batch_range[0], self.batch_range[2]
+
     def input_shape(self, batch: Optional[int], name: str) -> tuple[int, ...]:
         """The engine input's shape at ``batch`` (None: its static batch, or the profile's
         smallest); a batch outside the built range is a one-line ``EngineFileError``."""
         (first,) = self.onnx["inputs"]
+        low, high = self.batch_limits()
         if self.batch_range is None:
-            static = first["shape"][0]
-            if batch is not None and batch != static:
-                raise EngineFileError(f"engine {name} was built for batch {static}, not {batch}")
+            if batch is not None and batch != low:
+                raise EngineFileError(f"engine {name} was built for batch {low}, not {batch}")
             return tuple(first["shape"])
-        low, _, high = self.batch_range
         b = low if batch is None else batch
         if not low <= b <= high:
             raise EngineFileError(f"engine {name} was built for batches {low} to {high} "

@@ -191,15 +191,11 @@ class EngineRunner(Runner):
 def logits_in_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
                       batch: int, fixed: bool) -> np.ndarray:
     """Logits (n, k) of ``x`` (n, c, s, s) in forwards of ``batch``; with ``fixed`` (a static
-    batch) the last is padded by repeating its last input and the padding dropped."""
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        real = len(chunk)
-        if fixed and real < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
-        outs.append(run(chunk)[:real])
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+    batch) the last is padded (``calibration.data.batches``) and the padding dropped."""
+    from ssmprune.calibration.data import batches
+
+    outs = [run(chunk) for chunk in batches(x, batch, pad=fixed)]
+    return np.concatenate(outs)[:len(x)] if outs else np.zeros((0, 0), np.float32)
 
 
 @dataclass(frozen=True)

@@ -166,16 +166,10 @@ def batch_of(source: Source) -> Batch:
     Dynamic: an engine with a ``batch_range`` (min, opt, max; its input batch is -1), an
     export with ``max_batch`` (its input batch is ``"batch"``, any batch from 1 to it).
     """
-    if isinstance(source, EngineSource):
-        rng = source.manifest.batch_range
-        if rng:
-            return Batch(True, int(rng[0]), int(rng[2]))
-        first = source.manifest.onnx["inputs"][0]["shape"][0]
-        return Batch(False, first, first)
     m = source.manifest
-    if m.dynamic:
-        return Batch(True, 1, m.max_batch)
-    return Batch(False, m.batch, m.batch)
+    if isinstance(source, EngineSource):
+        return Batch(m.batch_range is not None, *m.batch_limits())
+    return Batch(m.dynamic, *m.batch_range())
 
 
 def num_classes(source: Source) -> int:
