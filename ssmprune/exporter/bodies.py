@@ -9,27 +9,23 @@ standard ops of the model's opset (18 or later).
 The selective scan body is a per-token ``Scan`` whose decays are computed
 ahead of it, in token-major layout:
 
-* exp(delta_t A) for every token at once, (l b d n), in one broadcast ``Mul``
-  and ``Exp`` (vectorised, the bulk of the arithmetic);
+* softplus, the gap of pruned tokens, delta u and D u: elementwise passes
+  over (l b d) before the Scan; exp(delta_t A) for every token at once,
+  (l b d n), in one broadcast ``Mul`` and ``Exp``;
 * the step is ``h = exp(delta A)_t * h + (delta u)_t B_t`` and
-  ``y_t = C_t . h``: four small nodes over (b d n). Forming delta B u per step
-  rather than for all tokens ahead is faster in ONNX Runtime: an (l b d n)
-  ``Einsum`` costs more than the step's broadcast ``Mul``;
-* everything else (softplus, the gap of pruned tokens, D, the silu(z) gate,
-  the casts) is one elementwise pass over (b d l) before or after.
+  ``y_t = C_t . h + (D u)_t``: five small nodes. The outer product is a
+  ``MatMul`` of (b d 1) by (b 1 n), twice as fast in ONNX Runtime as the
+  broadcast ``Mul``, and the D skip is added in the step so that the Scan
+  writes y straight into the (b d l) output layout (``scan_output_axes``);
+* the silu(z) gate multiplies that output, in the inputs' own type (z as it
+  comes, no transpose).
 
-43 nodes in all, the step's included, against 404 for the chunked form with
-an unrolled recurrence that this replaced, and as fast or faster in ONNX
-Runtime (benchmarks/RESULTS.md, "ONNX scan body"): a TensorRT build and an
-ONNX Runtime session pay for every node, 48 times in Vim-S. It is also the
-oracle's own recurrence, so a non-finite value at token t reaches no output
-before t. On a GPU the plugins are the fast path; TensorRT runs the Scan as a
-loop.
-
-TensorRT-RTX 1.7 (Myelin) mis-shapes an ``Einsum`` on a two-dimensional step
-slice inside a loop in fp16 engines ("Mismatched number of elements in
-reshape op", "permutation size differs"): the step's operands therefore come
-with explicit unit axes, (b d 1) x (b 1 n) and (b d n) . (b n 1).
+41 nodes in all, subgraphs included, against 404 for the chunked form with an
+unrolled recurrence that this replaced (benchmarks/RESULTS.md, "ONNX scan
+body"): a TensorRT build and an ONNX Runtime session pay for every node, 48
+times in Vim-S. It is also the oracle's own recurrence, so a non-finite value
+at token t reaches no output before t. On a GPU the plugins are the fast path;
+TensorRT runs the Scan as a loop.
 
 Dimension glossary: b batch, d d_inner, l tokens, n d_state, m tokens before a
 gather, k' tokens after it.
@@ -61,41 +57,40 @@ def selective_scan_function(opset: int) -> FunctionProto:
     f = FunctionBuilder(DOMAIN, SELECTIVE_SCAN, SCAN_INPUTS, SCAN_ATTRIBUTES, opset,
                         doc="Selective scan: a per-token Scan over the precomputed "
                             "exp(delta A).")
-    # u, delta and z (b d l) in one cast and one transpose to token-major (l b d),
-    # where delta_bias and D (d) broadcast as they are.
-    uz = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", "z", axis=0), to=FLOAT),
+    # u and delta (b d l) in one cast and one transpose to token-major (l b d), where
+    # delta_bias and D (d) broadcast as they are; B and C (b n l) likewise, to (l b 1 n).
+    ud = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", axis=0), to=FLOAT),
               perm=[2, 0, 1])
-    u, delta, z = f.op("Split", uz, axis=1, num_outputs=3, outputs=3)
+    u, delta = f.op("Split", ud, axis=1, num_outputs=2, outputs=2)
+    last = f.ints(3)
+    bc = f.op("Transpose", f.op("Unsqueeze", f.op("Cast", f.op("Concat", "B", "C", axis=0),
+                                                    to=FLOAT), last), perm=[2, 0, 3, 1])
+    B, C = f.op("Split", bc, axis=1, num_outputs=2, outputs=2)
     raw = f.op("Add", delta, "delta_bias")
     softplus = f.op("Cast", f.attr("delta_softplus"), to=TensorProto.BOOL)
     dt = f.op("Where", softplus, f.op("Softplus", raw), raw)
     dt0 = f.op("Where", softplus, f.op("Softplus", "delta_bias"), "delta_bias")  # pruned token
     decay = f.op("Add", dt, f.op("Einsum", f.op("Cast", "gap", to=FLOAT), dt0,
                                  equation="bl,d->lbd"))
-    # exp(delta A) for every token at once, (l b d n): one broadcast Mul and Exp.
-    last = f.ints(3)
-    dA = f.op("Exp", f.op("Mul", f.op("Unsqueeze", decay, last), "A"))
-    B = f.op("Transpose", f.op("Unsqueeze", f.op("Cast", "B", to=FLOAT), last),
-             perm=[2, 0, 3, 1])  # (l b 1 n)
-    # The step's operands with unit axes (module docstring: TensorRT-RTX and fp16).
-    C = f.op("Unsqueeze", f.op("Transpose", f.op("Cast", "C", to=FLOAT), perm=[2, 0, 1]), last)
+    dA = f.op("Exp", f.op("Mul", f.op("Unsqueeze", decay, last), "A"))  # (l b d n)
     h0 = f.op("ConstantOfShape", f.op("Shape", dA, start=1))  # zeros (b d n)
     step = helper.make_graph(
         [helper.make_node("Mul", ["dA_t", "h"], ["decayed"]),
-         helper.make_node("Mul", ["x_t", "B_t"], ["xB_t"]),
+         helper.make_node("MatMul", ["x_t", "B_t"], ["xB_t"]),
          helper.make_node("Add", ["decayed", "xB_t"], ["h_next"]),
-         helper.make_node("Einsum", ["h_next", "C_t"], ["y_t"], equation="bdn,bnk->bd")],
+         helper.make_node("Einsum", ["h_next", "C_t"], ["Ch_t"], equation="bdn,bkn->bd"),
+         helper.make_node("Add", ["Ch_t", "Du_t"], ["y_t"])],
         "selective_scan_step",
         [helper.make_tensor_value_info(n, FLOAT, None)
-         for n in ("h", "dA_t", "x_t", "B_t", "C_t")],
+         for n in ("h", "dA_t", "x_t", "B_t", "C_t", "Du_t")],
         [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h_next", "y_t")])
     x = f.op("Unsqueeze", f.op("Mul", dt, u), last)  # (l b d 1)
-    _, y = f.op("Scan", h0, dA, x, B, C, outputs=2, body=step, num_scan_inputs=4)  # (l b d)
-    y = f.op("Add", y, f.op("Mul", "D", u))
-    gated = f.op("Mul", y, f.op("Mul", z, f.op("Sigmoid", z)))
+    _, y = f.op("Scan", h0, dA, x, B, C, f.op("Mul", "D", u), outputs=2, body=step,
+                num_scan_inputs=5, scan_output_axes=[2])  # (b d l)
+    y = f.op("CastLike", y, "u")
+    gated = f.op("Mul", y, f.op("Mul", "z", f.op("Sigmoid", "z")))
     y = f.op("Where", f.op("Cast", f.attr("has_z"), to=TensorProto.BOOL), gated, y)
-    return f.function([f.op("CastLike", f.op("Transpose", y, perm=[1, 2, 0]), "u")],
-                      SCAN_OUTPUTS)
+    return f.function([y], SCAN_OUTPUTS)
 
 
 def token_gather_function(opset: int) -> FunctionProto:
