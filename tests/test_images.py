@@ -7,12 +7,14 @@ was PIL's DecompressionBombError traceback, and ``parity --images DIR`` ignored 
 subfolders while ``calibrate --data DIR`` walked them.
 """
 
+import shutil
 import struct
 import warnings
 import zlib
 
 import numpy as np
 import pytest
+from exporter.export_cases import vim_digits_export  # noqa: F401  (session fixture)
 from PIL import Image
 
 import ssmprune.parity.compare
@@ -196,7 +198,8 @@ def real_bomb(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["run", "visualize", "parity", "calibrate"])
-def test_real_huge_png_is_one_line_in_every_command(real_bomb, tmp_path, command, monkeypatch):
+def test_real_huge_png_is_one_line_in_every_command(real_bomb, tmp_path, command, monkeypatch,
+                                                    vim_digits_export):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     args = {
         "run": ["run", "vim_digits", real_bomb],
@@ -204,20 +207,14 @@ def test_real_huge_png_is_one_line_in_every_command(real_bomb, tmp_path, command
         "parity": ["parity", "export", "--images", real_bomb.parent],
         "calibrate": ["calibrate", "export", "--data", real_bomb.parent, "-o", "out"],
     }[command]
-    if command in ("parity", "calibrate"):
-        _digits_export(tmp_path / "export")
+    if command in ("parity", "calibrate"):  # `ssmprune export vim_digits -o export`
+        shutil.copytree(vim_digits_export, tmp_path / "export")
     result, _, err = invoke(*args)
     if command == "calibrate":
         # a calibration folder skips unreadable files; this one holds nothing else
         assert_one_line_error(result, err, "no readable image")
     else:
         assert_one_line_error(result, err, "196,000,000 pixels", "downscale")
-
-
-def _digits_export(directory):
-    from ssmprune.exporter import ExportOptions, export
-
-    export(ExportOptions("vim_digits"), directory)
 
 
 def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path):

@@ -9,7 +9,6 @@ from PIL import Image
 
 from cli_helpers import assert_one_line_error, invoke, tampered_copy
 from ssmprune.engine import trt as trt_mod
-from ssmprune.exporter import ExportOptions, export
 from ssmprune.exporter.manifest import MODEL_FILE
 from ssmprune.models.digits import embedded_weights
 
@@ -20,10 +19,9 @@ needs_gpu = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def digits_export(tmp_path_factory):
+def digits_export(exports):  # noqa: F811
     """vim_digits with its shipped weights, pruned by its preset, exported at batch 1."""
-    return export(ExportOptions("vim_digits", checkpoint=DIGITS[1], prune="vim_digits_top"),
-                  tmp_path_factory.mktemp("run") / "vim_digits").directory
+    return exports.shipped_digits("vim_digits", "vim_digits_top")
 
 
 @pytest.fixture(scope="module")

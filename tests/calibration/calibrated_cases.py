@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.export_cases import ExportCache, exports  # noqa: F401  (session fixture)
+from exporter.export_cases import ExportCache, exports, per_process  # noqa: F401  (session fixture)
 from ssmprune.calibration import CalibrateOptions, CalibrateResult, PhotoCropsData, calibrate
 from ssmprune.exporter import read_export
 
@@ -39,4 +39,5 @@ class CalibratedCache:
 
 @pytest.fixture(scope="session")
 def calibrated(exports, tmp_path_factory) -> CalibratedCache:  # noqa: F811
-    return CalibratedCache(exports, tmp_path_factory.mktemp("calibrated"))
+    return per_process("calibrated", lambda: CalibratedCache(
+        exports, tmp_path_factory.mktemp("calibrated")))

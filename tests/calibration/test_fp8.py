@@ -13,7 +13,7 @@ from ssmprune.calibration import CalibrateOptions, DigitsData, calibrate
 from ssmprune.calibration.fp8 import E4M3_MAX, fp8_from_int8
 from ssmprune.calibration.qdq import QdqPlacementError
 from ssmprune.calibration.quantize import QuantizedManifest
-from ssmprune.exporter import ExportOptions, export, read_export
+from ssmprune.exporter import read_export
 from ssmprune.exporter.manifest import MODEL_FILE
 
 # E4M3FN keeps 3 mantissa bits: rounding to nearest is off by at most 2^-4 of the value,
@@ -162,13 +162,12 @@ def _embedded(name):
 
 
 @pytest.mark.parametrize("name", ["vim_digits", "plainmamba_digits"])
-def test_fp8_matches_fp32_on_digits(tmp_path, name):
+def test_fp8_matches_fp32_on_digits(tmp_path, name, exports):  # noqa: F811
     weights = _embedded(name)
     if weights is None:
         pytest.skip(f"no embedded weights for {name} in ssmprune/assets "
                     "(experiments/digits.py train writes them)")
-    src = export(ExportOptions(name, checkpoint=str(weights), prune=f"{name}_top"),
-                 tmp_path / "fp32").directory
+    src = exports.shipped_digits(name, f"{name}_top")
     config = read_export(src)[1].config
     # minmax ranges from 256 training scans, as `calibrate --precision fp8 --samples 256`:
     # 99.2 % (vim) and 99.4 % (plainmamba) held-out agreement, the parity row's 99 % with

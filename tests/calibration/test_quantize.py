@@ -13,7 +13,7 @@ from exporter.export_cases import CASES, exports  # noqa: F401  (session fixture
 from ssmprune.calibration import CalibrateOptions, DigitsData, calibrate
 from ssmprune.calibration.qdq import QdqPlacementError, qdq_placement, selection_nodes
 from ssmprune.calibration.quantize import QuantizedManifest
-from ssmprune.exporter import ExportOptions, export, read_export
+from ssmprune.exporter import read_export
 from ssmprune.exporter.manifest import MODEL_FILE, verify_model_file
 
 
@@ -87,14 +87,12 @@ def _embedded(name):
 
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "pruned"])
 @pytest.mark.parametrize("name", ["vim_digits", "plainmamba_digits"])
-def test_int8_matches_fp32_on_digits(tmp_path, name, pruned):
+def test_int8_matches_fp32_on_digits(tmp_path, name, pruned, exports):  # noqa: F811
     weights = _embedded(name)
     if weights is None:
         pytest.skip(f"no embedded weights for {name} in ssmprune/assets "
                     "(experiments/digits.py train writes them)")
-    prune = f"{name}_top" if pruned else None
-    src = export(ExportOptions(name, checkpoint=str(weights), prune=prune),
-                 tmp_path / "fp32").directory
+    src = exports.shipped_digits(name, f"{name}_top" if pruned else None)
     config = read_export(src)[1].config
     # Pruned: percentile ranges from 256 scans (benchmarks/RESULTS.md, int8 on digits).
     options = (CalibrateOptions(method="percentile", samples=256) if pruned

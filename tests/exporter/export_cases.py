@@ -1,13 +1,23 @@
-"""Small configurations of every model family, dense and pruned, exported once per session.
+"""Small configurations of every model family, dense and pruned, exported once per test run.
 
 Shared by tests/exporter and tests/parity (``from exporter.export_cases import ...``).
+
+Each ``ExportOptions`` is exported once per run (``ExportCache``): into a folder every
+pytest-xdist worker sees, under a file lock, so the worker that asks first exports and the
+others read its result. And once per process: pytest registers an imported fixture anew in
+every module that imports it, and runs a session fixture once per registration, so the
+cache itself is made once per process (``per_process``), whichever modules ask for it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import pytest
 
@@ -15,6 +25,7 @@ import onnx
 
 from ssmprune.exporter import ExportOptions, ExportResult, export
 from ssmprune.exporter.schemas import DOMAIN, SELECTIVE_SCAN, TOKEN_GATHER
+from ssmprune.models.digits import embedded_weights
 from ssmprune.pruning import PruneConfig
 
 VIM_SMALL = dict(img_size=32, patch_size=8, stride=8, embed_dim=32, depth=3, num_classes=100)
@@ -42,28 +53,72 @@ CASES = {
 }
 
 
+T = TypeVar("T")
+_MADE: dict[str, object] = {}
+
+
+def per_process(name: str, make: Callable[[], T]) -> T:
+    """``make()`` the first time ``name`` is asked for in this process, then the same object
+    (what a session fixture means, whichever modules import it)."""
+    if name not in _MADE:
+        _MADE[name] = make()
+    return _MADE[name]
+
+
+def run_folder(tmp_path_factory) -> Path:
+    """The test run's base temporary folder: under pytest-xdist, the parent of every
+    worker's own (``popen-gwN``), which they all see."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 class ExportCache:
-    """Exports each (case, options) once into ``root``."""
+    """Exports each ``ExportOptions`` once per test run into a folder of ``root`` (one
+    folder per options, its lock and the pickled ``ExportResult`` beside the export)."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.results: dict[tuple, ExportResult] = {}
+        self.results: dict[str, ExportResult] = {}
 
     def get(self, case: str, **options) -> ExportResult:
-        key = (case, tuple(sorted(options.items())))
+        """Case ``case`` (``CASES``) exported with ``options`` (``ExportOptions`` fields)."""
+        c = CASES[case]
+        name = "-".join([case, *(f"{k}{v}" for k, v in sorted(options.items()))])
+        return self.of(ExportOptions(c.model, prune=c.prune, overrides=c.overrides, **options),
+                       name)
+
+    def of(self, options: ExportOptions, name: Optional[str] = None) -> ExportResult:
+        """``export(options)``, once, into a folder named ``name`` (default: the model)."""
+        key = repr(options)
         if key not in self.results:
-            c = CASES[case]
-            name = "-".join([case, *(f"{k}{v}" for k, v in sorted(options.items()))])
-            self.results[key] = export(
-                ExportOptions(c.model, prune=c.prune, overrides=c.overrides, **options),
-                self.root / name)
+            slot = self.root / hashlib.sha256(key.encode()).hexdigest()[:16]
+            slot.mkdir(parents=True, exist_ok=True)
+            saved = slot / "result.pickle"
+            with open(slot / "lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if saved.exists():
+                    result = pickle.loads(saved.read_bytes())
+                else:
+                    result = export(options, slot / (name or options.model))
+                    saved.write_bytes(pickle.dumps(result))
+            self.results[key] = result
         return self.results[key]
+
+    def shipped_digits(self, model: str, prune: Optional[str] = None) -> Path:
+        """``ssmprune export MODEL --checkpoint <its embedded weights> [--prune PRUNE]``
+        (vim_digits, plainmamba_digits), batch 1: the export folder, named MODEL."""
+        return self.of(ExportOptions(model, checkpoint=str(embedded_weights(model)),
+                                     prune=prune)).directory
+
+
+def _cache(tmp_path_factory) -> ExportCache:
+    return per_process("exports", lambda: ExportCache(run_folder(tmp_path_factory) / "exports"))
 
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory) -> ExportCache:
-    """Import this fixture into a test module to share the session's exports."""
-    return ExportCache(tmp_path_factory.mktemp("exports"))
+    """Import this fixture into a test module to share the run's exports."""
+    return _cache(tmp_path_factory)
 
 
 def assert_custom_nodes(case: str, result: ExportResult, model: onnx.ModelProto) -> None:
@@ -81,7 +136,7 @@ def assert_custom_nodes(case: str, result: ExportResult, model: onnx.ModelProto)
 def vim_digits_export(tmp_path_factory) -> Path:
     """``ssmprune export vim_digits``: dense, its embedded weights, batch 1 (the smallest real
     export; the CLI tests of manifests tamper with copies of it)."""
-    return export(ExportOptions("vim_digits"), tmp_path_factory.mktemp("digits") / "vim").directory
+    return _cache(tmp_path_factory).of(ExportOptions("vim_digits"), "vim").directory
 
 
 DYNAMIC_MAX = 16
@@ -90,5 +145,6 @@ DYNAMIC_MAX = 16
 @pytest.fixture(scope="session")
 def dynamic_digits_export(tmp_path_factory) -> Path:
     """``ssmprune export vim_digits --prune vim_digits_top --batch dynamic:16``."""
-    return export(ExportOptions("vim_digits", prune="vim_digits_top", max_batch=DYNAMIC_MAX),
-                  tmp_path_factory.mktemp("dynamic") / "vim_digits_top").directory
+    return _cache(tmp_path_factory).of(
+        ExportOptions("vim_digits", prune="vim_digits_top", max_batch=DYNAMIC_MAX),
+        "vim_digits_top").directory

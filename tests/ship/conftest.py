@@ -16,13 +16,12 @@ from typing import Optional
 
 import numpy as np
 import pytest
+from exporter.export_cases import exports  # noqa: F401  (session fixture)
 from PIL import Image
 
 from ssmprune.engine import trt as trt_mod
 from ssmprune.engine.manifest import EngineManifest, write_engine
-from ssmprune.exporter import ExportOptions, export
 from ssmprune.exporter.manifest import MODEL_FILE, read_export
-from ssmprune.models.digits import embedded_weights
 
 RTX = trt_mod.installed("tensorrt_rtx")
 needs_rtx = pytest.mark.skipif(
@@ -66,11 +65,9 @@ def run_clean(script: Path, *args, blocked=("torch", "ssmprune"), cwd: Optional[
 
 
 @pytest.fixture(scope="session")
-def digits_export(tmp_path_factory) -> Path:
+def digits_export(exports) -> Path:  # noqa: F811
     """vim_digits with its shipped weights, pruned by its preset, exported at batch 1."""
-    weights = str(embedded_weights("vim_digits"))
-    return export(ExportOptions("vim_digits", checkpoint=weights, prune="vim_digits_top"),
-                  tmp_path_factory.mktemp("ship") / "vim_digits").directory
+    return exports.shipped_digits("vim_digits", "vim_digits_top")
 
 
 @pytest.fixture(scope="session")
