@@ -32,28 +32,38 @@ from chunked_scan_body import chunked_selective_scan_function  # noqa: E402
 from timing import interleaved, machine  # noqa: E402
 
 from ssmprune.exporter import ExportOptions, export  # noqa: E402
-from ssmprune.exporter.bodies import selective_scan_function  # noqa: E402
+from ssmprune.exporter.bodies import node_attributes, selective_scan_function  # noqa: E402
 from ssmprune.exporter.manifest import MODEL_FILE  # noqa: E402
 from ssmprune.exporter.op_models import body_node_count, op_model, run_op_model  # noqa: E402
 from ssmprune.exporter.schemas import SELECTIVE_SCAN  # noqa: E402
 from ssmprune.parity.runners import onnxrt_session  # noqa: E402
 
-BODIES = {"chunked (old)": chunked_selective_scan_function, "Scan (new)": selective_scan_function}
+BODIES = {"chunked (old)": lambda opset, attributes: chunked_selective_scan_function(opset),
+          "Scan (new)": selective_scan_function}
+VIM = dict(delta_softplus=1, has_z=1)  # every scan of Vim
 
 
 def with_body(model: onnx.ModelProto, body) -> onnx.ModelProto:
-    """``model`` with its SelectiveScan function replaced by ``body(opset)``."""
+    """``model`` with its SelectiveScan functions replaced by ``body(opset, attributes)``,
+    one per overload its nodes call, under that overload (the old body reads the
+    attributes itself)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    for i, f in enumerate(out.functions):
-        if f.name == SELECTIVE_SCAN:
-            out.functions[i].CopyFrom(body(opset))
+    calls = {n.overload: node_attributes(n) for n in out.graph.node
+             if n.op_type == SELECTIVE_SCAN}
+    keep = [f for f in out.functions if f.name != SELECTIVE_SCAN]
+    del out.functions[:]
+    out.functions.extend(keep)
+    for overload, attributes in calls.items():
+        function = body(opset, attributes if overload else None)
+        function.overload = overload
+        out.functions.append(function)
     return out
 
 
 def bench_nodes() -> dict[str, int]:
-    counts = {name: body_node_count(body(20)) for name, body in BODIES.items()}
+    counts = {name: body_node_count(body(20, VIM)) for name, body in BODIES.items()}
     old, new = counts.values()
     print("| body | nodes in one SelectiveScan body |\n|---|---|")
     for name, n in counts.items():
@@ -76,7 +86,7 @@ def check_causality() -> None:
     poisoned["u"][0, 0, t] = np.nan
     print(f"\n| body | outputs before token {t} made NaN by a NaN in u at token {t} |\n|---|---|")
     for name, body in BODIES.items():
-        model = op_model(SELECTIVE_SCAN, clean, ["y"], dict(delta_softplus=1, has_z=1), body)
+        model = op_model(SELECTIVE_SCAN, clean, ["y"], VIM, body)
         y = run_op_model(model, poisoned)[0]
         print(f"| {name} | {int(np.isnan(y[0, 0, :t]).sum())} of {t} |")
     print()

@@ -31,6 +31,7 @@ from typing import Optional
 import onnx
 
 from ssmprune.engine import trt as trt_mod
+from ssmprune.exporter.bodies import check_overloads
 from ssmprune.exporter.stages import ExportCheckError, standard_from_plugins
 from ssmprune.engine.errors import EngineBuildError, PluginUnavailableError
 
@@ -87,22 +88,30 @@ def lower_to_standard_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict
     needed = custom_nodes(model)
     if not needed:
         return model, {}
-    functions = {(f.domain, f.name) for f in model.functions}
+    functions = {(f.domain, f.name, f.overload) for f in model.functions}
     by_node = Counter()
     for node in model.graph.node:
         if node.domain not in STANDARD_DOMAINS:
-            by_node[(node.domain, node.op_type)] += 1
-    missing = sorted(f"{d}::{o}" for d, o in by_node if (d, o) not in functions)
+            by_node[(node.domain, node.op_type, node.overload)] += 1
+    missing = sorted(f"{d}::{o}" + (f" (overload {v})" if v else "")
+                     for d, o, v in by_node if (d, o, v) not in functions)
     if missing:
         raise EngineBuildError(
             f"custom node(s) {', '.join(missing)} have no standard-op body in this ONNX, so "
             "--no-plugins cannot lower them: export with a body (or the `standard` flavour), "
             "or build with plugins")
+    mismatched = check_overloads(model)
+    if mismatched:
+        raise EngineBuildError(f"{mismatched[0]}: --no-plugins would build a body that "
+                               "disagrees with the node; export the model again")
     try:
         lowered = standard_from_plugins(model)
     except ExportCheckError as err:  # pragma: no cover - onnx's inliner is recursive
         raise EngineBuildError(f"lowering failed: {err}") from None
-    return lowered, {f"{d}::{o}": c for (d, o), c in sorted(by_node.items())}
+    lowered_counts: Counter = Counter()
+    for (d, o, _), c in by_node.items():
+        lowered_counts[f"{d}::{o}"] += c
+    return lowered, dict(sorted(lowered_counts.items()))
 
 
 def drop_bodies(model: onnx.ModelProto, refs: list[PluginRef]) -> onnx.ModelProto:

@@ -1,10 +1,21 @@
 """Standard-op bodies of the custom ops, as model-local ONNX functions.
 
 ONNX Runtime runs a node ``ssmprune::SelectiveScan`` by inlining the
-model-local function with the same domain and name; so does TensorRT's parser
-when no plugin is registered under that name. Each function is shape-generic
-(one function serves every node, whatever its sequence length) and uses only
-standard ops of the model's opset (18 or later).
+model-local function with the same domain and name (and overload, from 1.27);
+so does onnx's inliner (``--no-plugins`` builds, the ``standard`` flavour),
+and TensorRT's parser, by name alone, when no plugin is registered under it. Each function
+is shape-generic (one function serves every node, whatever its sequence
+length) and uses only standard ops of the model's opset (18 or later).
+
+The selective scan's ``delta_softplus`` and ``has_z`` are fixed per node, and
+every scan of a model shares them (softplus and the silu(z) gate in Vim,
+softplus alone in PlainMamba, which gates outside the scan). So its body is
+built for those values and named by them (the function's and the nodes'
+``overload``, ONNX IR 10) instead of choosing at run time with ``Where``
+nodes that ONNX Runtime does not fold away: 34 nodes instead of 41 for Vim
+(31 for PlainMamba), and faster (benchmarks/RESULTS.md). A model whose scans differ gets the body that
+reads the attributes (no overload; ``stages.attach_bodies`` says why).
+``check_overloads`` holds a node to the body its attributes name.
 
 The selective scan body is a per-token ``Scan`` whose decays are computed
 ahead of it, in token-major layout:
@@ -20,12 +31,13 @@ ahead of it, in token-major layout:
 * the silu(z) gate multiplies that output, in the inputs' own type (z as it
   comes, no transpose).
 
-41 nodes in all, subgraphs included, against 404 for the chunked form with an
-unrolled recurrence that this replaced (benchmarks/RESULTS.md, "ONNX scan
-body"): a TensorRT build and an ONNX Runtime session pay for every node, 48
-times in Vim-S. It is also the oracle's own recurrence, so a non-finite value
-at token t reaches no output before t. On a GPU the plugins are the fast path;
-TensorRT runs the Scan as a loop.
+34 nodes in all with softplus and gate, subgraphs included, against 404 for
+the chunked form with an unrolled recurrence that this replaced
+(benchmarks/RESULTS.md, "ONNX scan body"): a TensorRT build and an ONNX
+Runtime session pay for every node, 48 times in Vim-S. It is also the
+oracle's own recurrence, so a non-finite value at token t reaches no output
+before t. On a GPU the plugins are the fast path; TensorRT runs the Scan as a
+loop.
 
 Dimension glossary: b batch, d d_inner, l tokens, n d_state, m tokens before a
 gather, k' tokens after it.
@@ -33,6 +45,9 @@ gather, k' tokens after it.
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
+import onnx
 from onnx import FunctionProto, TensorProto, helper
 
 from ssmprune.exporter.builder import FunctionBuilder
@@ -51,12 +66,38 @@ from ssmprune.exporter.schemas import (
 FLOAT = TensorProto.FLOAT
 
 
-def selective_scan_function(opset: int) -> FunctionProto:
+def scan_overload(attributes: Mapping[str, int]) -> str:
+    """The overload naming the SelectiveScan body for a node's ``attributes``
+    (omitted ones take the schema's defaults; any nonzero value is on)."""
+    values = {**SCAN_ATTRIBUTES, **attributes}
+    return ",".join(f"{name}={int(bool(values[name]))}" for name in SCAN_ATTRIBUTES)
+
+
+def _switch(f: FunctionBuilder, values: Mapping[str, int] | None, attribute: str,
+            on: Callable[[], list[str]], off: list[str]) -> list[str]:
+    """``on()`` or ``off`` as ``values[attribute]`` says; with no ``values``, a ``Where`` on
+    the function's attribute chooses between them at run time."""
+    if values is not None:
+        return on() if values[attribute] else off
+    flag = f.op("Cast", f.attr(attribute), to=TensorProto.BOOL)
+    return [f.op("Where", flag, a, b) for a, b in zip(on(), off)]
+
+
+def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = None
+                            ) -> FunctionProto:
     """The body of ``ssmprune::SelectiveScan``: a per-token ``Scan`` over precomputed
-    decays (module docstring)."""
+    decays (module docstring).
+
+    Specialized to the nodes with ``attributes`` (overload ``scan_overload``); with
+    None, the body of every node, which reads the attributes at run time (no overload).
+    """
+    values = None if attributes is None else {
+        name: int(bool(value)) for name, value in {**SCAN_ATTRIBUTES, **attributes}.items()
+        if name in SCAN_ATTRIBUTES}
+    overload = "" if attributes is None else scan_overload(attributes)
     f = FunctionBuilder(DOMAIN, SELECTIVE_SCAN, SCAN_INPUTS, SCAN_ATTRIBUTES, opset,
-                        doc="Selective scan: a per-token Scan over the precomputed "
-                            "exp(delta A).")
+                        doc=f"Selective scan ({overload or 'any attributes'}): a per-token "
+                            "Scan over the precomputed exp(delta A).")
     # u and delta (b d l) in one cast and one transpose to token-major (l b d), where
     # delta_bias and D (d) broadcast as they are; B and C (b n l) likewise, to (l b 1 n).
     ud = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", axis=0), to=FLOAT),
@@ -66,10 +107,10 @@ def selective_scan_function(opset: int) -> FunctionProto:
     bc = f.op("Transpose", f.op("Unsqueeze", f.op("Cast", f.op("Concat", "B", "C", axis=0),
                                                     to=FLOAT), last), perm=[2, 0, 3, 1])
     B, C = f.op("Split", bc, axis=1, num_outputs=2, outputs=2)
-    raw = f.op("Add", delta, "delta_bias")
-    softplus = f.op("Cast", f.attr("delta_softplus"), to=TensorProto.BOOL)
-    dt = f.op("Where", softplus, f.op("Softplus", raw), raw)
-    dt0 = f.op("Where", softplus, f.op("Softplus", "delta_bias"), "delta_bias")  # pruned token
+    raw = f.op("Add", delta, "delta_bias")  # and "delta_bias" for a pruned token (delta 0)
+    dt, dt0 = _switch(f, values, "delta_softplus",
+                      lambda: [f.op("Softplus", raw), f.op("Softplus", "delta_bias")],
+                      [raw, "delta_bias"])
     decay = f.op("Add", dt, f.op("Einsum", f.op("Cast", "gap", to=FLOAT), dt0,
                                  equation="bl,d->lbd"))
     dA = f.op("Exp", f.op("Mul", f.op("Unsqueeze", decay, last), "A"))  # (l b d n)
@@ -88,13 +129,17 @@ def selective_scan_function(opset: int) -> FunctionProto:
     _, y = f.op("Scan", h0, dA, x, B, C, f.op("Mul", "D", u), outputs=2, body=step,
                 num_scan_inputs=5, scan_output_axes=[2])  # (b d l)
     y = f.op("CastLike", y, "u")
-    gated = f.op("Mul", y, f.op("Mul", "z", f.op("Sigmoid", "z")))
-    y = f.op("Where", f.op("Cast", f.attr("has_z"), to=TensorProto.BOOL), gated, y)
-    return f.function([y], SCAN_OUTPUTS)
+    y, = _switch(f, values, "has_z",
+                 lambda: [f.op("Mul", y, f.op("Mul", "z", f.op("Sigmoid", "z")))], [y])
+    function = f.function([y], SCAN_OUTPUTS)
+    function.overload = overload
+    return function
 
 
-def token_gather_function(opset: int) -> FunctionProto:
-    """The body of ``ssmprune::TokenGather``: TopK, index sort, protected token, GatherND.
+def token_gather_function(opset: int, attributes: Mapping[str, int] | None = None
+                          ) -> FunctionProto:
+    """The body of ``ssmprune::TokenGather`` (every node's: it reads its attributes):
+    TopK, index sort, protected token, GatherND.
 
     TopK returns equal scores lowest index first (ONNX TopK-11+), the
     reference's tie rule. Only the free tokens are ranked: the protected
@@ -129,4 +174,29 @@ def token_gather_function(opset: int) -> FunctionProto:
     return f.function([positions, gathered], GATHER_OUTPUTS)
 
 
-BODIES = {SELECTIVE_SCAN: selective_scan_function, TOKEN_GATHER: token_gather_function}
+BodyFactory = Callable[[int, Mapping[str, int]], FunctionProto]
+BODIES: dict[str, BodyFactory] = {SELECTIVE_SCAN: selective_scan_function,
+                                  TOKEN_GATHER: token_gather_function}
+OVERLOADS: dict[str, Callable[[Mapping[str, int]], str]] = {SELECTIVE_SCAN: scan_overload}
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """{name: value} of a node's attributes."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def specialized_overload(node: onnx.NodeProto) -> str:
+    """The overload of the body specialized to ``node``'s attributes ("" for an op whose
+    one body serves every node)."""
+    overload = OVERLOADS.get(node.op_type)
+    return "" if overload is None else overload(node_attributes(node))
+
+
+def check_overloads(model: onnx.ModelProto) -> list[str]:
+    """One line per ``ssmprune`` node that calls a specialized body its attributes do not
+    name (a file edited by hand: the body would compute what the plugin does not)."""
+    return [f"{node.op_type} node {node.name or node.output[0]!r} calls the body for "
+            f"{node.overload!r} but its attributes are {specialized_overload(node)!r}"
+            for node in model.graph.node
+            if node.domain == DOMAIN and node.overload
+            and node.overload != specialized_overload(node)]

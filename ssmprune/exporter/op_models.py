@@ -15,16 +15,19 @@ DEFAULT_OPSET = 20
 
 
 def op_model(op_type: str, inputs: dict[str, np.ndarray], outputs: Sequence[str],
-             attributes: dict, body: Callable[[int], FunctionProto] | None,
+             attributes: dict, body: Callable[[int, dict], FunctionProto] | None,
              opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """A model with one ``ssmprune::<op_type>`` node, its inputs as graph inputs.
 
-    ``body(opset)`` gives the model-local function ONNX Runtime runs for the
-    node; None leaves the node bare (for a runtime with its own plugin).
+    ``body(opset, attributes)`` gives the model-local function ONNX Runtime
+    runs for the node, which calls it by its overload; None leaves the node
+    bare (for a runtime with its own plugin).
     Output types are left to shape inference.
     """
     register_schemas()
     node = helper.make_node(op_type, list(inputs), list(outputs), domain=DOMAIN, **attributes)
+    function = body(opset, attributes) if body is not None else None
+    node.overload = function.overload if function is not None else ""
     graph = helper.make_graph(
         [node], f"{op_type}_alone",
         [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
@@ -33,7 +36,7 @@ def op_model(op_type: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, VERSION)],
-        functions=[body(opset)] if body is not None else [],
+        functions=[function] if function is not None else [],
     )
     return onnx.shape_inference.infer_shapes(model, strict_mode=True, check_type=True)
 

@@ -17,23 +17,26 @@ import collections
 import contextlib
 import logging
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import onnx
 import onnx.inliner
 import torch
-from onnx import FunctionProto
 from torch import Tensor, nn
 
 from ssmprune.exporter import schemas
-from ssmprune.exporter.bodies import BODIES
+from ssmprune.exporter.bodies import (
+    BODIES,
+    BodyFactory,
+    check_overloads,
+    node_attributes,
+    specialized_overload,
+)
 from ssmprune.exporter.translations import translation_table
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 TORCH_OPS = ("ssmprune.selective_scan.default", "ssmprune.token_gather.default")
-
-BodyFactory = Callable[[int], FunctionProto]
 
 
 class ExportCheckError(RuntimeError):
@@ -153,17 +156,33 @@ def model_opset(model: onnx.ModelProto, domain: str = "") -> int:
 
 
 def attach_bodies(model: onnx.ModelProto, bodies: dict[str, BodyFactory]) -> onnx.ModelProto:
-    """Add the model-local function of every ``ssmprune`` op the graph uses.
+    """Add the model-local function of each ``ssmprune`` op the graph uses.
 
-    Each body is built for the model's default-domain opset, so the function
-    and the graph import the same version. Replaces an existing body.
+    One function per op: specialized to its nodes' attributes when they all
+    share them (the nodes call it by its overload, ``ssmprune.exporter.bodies``),
+    else the body that reads them at run time. Never two overloads of one op:
+    onnx-tensorrt's parser and ONNX Runtime before 1.27 key local functions by
+    name and run one overload for every node. Each body is built for the
+    model's default-domain opset, so the function and the graph import the
+    same version. Replaces existing bodies of those ops.
     """
-    used = sorted({n.op_type for n in model.graph.node if n.domain == schemas.DOMAIN})
     opset = model_opset(model)
-    keep = [f for f in model.functions if not (f.domain == schemas.DOMAIN and f.name in used)]
+    by_op: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+    for node in model.graph.node:
+        if node.domain == schemas.DOMAIN:
+            by_op[node.op_type].append(node)
+    made = []
+    for op_type, nodes in sorted(by_op.items()):
+        specialized = {specialized_overload(n) for n in nodes}
+        attributes = node_attributes(nodes[0]) if len(specialized) == 1 else None
+        function = bodies[op_type](opset, attributes)
+        made.append(function)
+        for node in nodes:
+            node.overload = function.overload
+    keep = [f for f in model.functions if not (f.domain == schemas.DOMAIN and f.name in by_op)]
     del model.functions[:]
-    model.functions.extend(keep + [bodies[name](opset) for name in used])
-    if used and not any(o.domain == schemas.DOMAIN for o in model.opset_import):
+    model.functions.extend(keep + made)
+    if by_op and not any(o.domain == schemas.DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(schemas.DOMAIN, schemas.VERSION))
     return model
 
@@ -175,13 +194,14 @@ def with_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
     (``attribute_proto``) when the call site omits them, leaving e.g. a
     ``Constant`` with no value that TensorRT rejects as "Invalid Node".
     """
-    defaults = {(f.domain, f.name): list(f.attribute_proto) for f in model.functions}
+    defaults = {(f.domain, f.name, f.overload): list(f.attribute_proto)
+                for f in model.functions}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = list(out.graph.node) + [n for f in out.functions for n in f.node]
     for node in nodes:
         have = {a.name for a in node.attribute}
-        for default in defaults.get((node.domain, node.op_type), []):
+        for default in defaults.get((node.domain, node.op_type, node.overload), []):
             if default.name not in have:
                 node.attribute.append(default)
     return out
@@ -205,8 +225,12 @@ def standard_from_plugins(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_onnx(model: onnx.ModelProto) -> None:
-    """onnx.checker with full_check, then strict shape inference with type checks."""
+    """onnx.checker with full_check, then strict shape inference with type checks, and
+    every custom node calling the body its attributes name."""
     schemas.register()
+    mismatched = check_overloads(model)
+    if mismatched:
+        raise ExportCheckError(f"exported ONNX fails its checks: {mismatched[0]}")
     try:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,

@@ -123,7 +123,8 @@ def onnxrt_options(threads: int = 0, optimization: str = "all"):
 
 def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "all",
                    providers: Optional[Sequence[Any]] = None):
-    """An ``onnxruntime.InferenceSession`` with our options (``onnxrt_options``).
+    """An ``onnxruntime.InferenceSession`` with our options (``onnxrt_options``), in a
+    ``CheckedSession``.
 
     path: the ONNX file, or its serialised bytes.
     threads: intra-op threads, 0 for ONNX Runtime's default.
@@ -133,25 +134,54 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
     falls back to the CPU when the CUDA provider cannot start).
     """
     import onnxruntime as ort
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     model = path if isinstance(path, bytes) else str(path)
+    name = "the ONNX model" if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(model, onnxrt_options(threads, optimization),
-                                    providers=list(providers or onnxrt_providers()))
-    except (ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
-            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.Fail) as err:
+        session = ort.InferenceSession(model, onnxrt_options(threads, optimization),
+                                       providers=list(providers or onnxrt_providers()))
+    except _ort_errors() as err:
         # The file's fault (a broken graph, an op ONNX Runtime lacks), which passed the
         # manifest's checks: e.g. a renamed tensor whose sha256 was recorded again.
-        name = "the ONNX model" if isinstance(path, bytes) else str(path)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise BadInputFileError(f"ONNX Runtime cannot load {name}: {reason}") from None
+        raise BadInputFileError(f"ONNX Runtime cannot load {name}: {_reason(err)}") from None
     except UnicodeDecodeError:
         # ONNX Runtime's message quotes a name of the file that is not UTF-8, and its
         # bindings fail to decode the message itself.
-        name = "the ONNX model" if isinstance(path, bytes) else str(path)
         raise BadInputFileError(f"ONNX Runtime cannot load {name}: a name in it is not valid "
                                 "UTF-8") from None
+    return CheckedSession(session, name)
+
+
+def _ort_errors() -> tuple[type[Exception], ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    return (ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.Fail,
+            ort_errors.RuntimeException)
+
+
+def _reason(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+class CheckedSession:
+    """An ``onnxruntime.InferenceSession`` whose ``run`` reports ONNX Runtime's failure
+    as ``BadInputFileError``: a graph that loads and still cannot run (shapes that only
+    meet at run time, e.g. a re-hashed file with a flipped dimension) is the file's fault.
+    Everything else is the session's own."""
+
+    def __init__(self, session, name: str):
+        self._session, self._name = session, name
+
+    def run(self, *args, **kwargs):
+        try:
+            return self._session.run(*args, **kwargs)
+        except _ort_errors() as err:
+            raise BadInputFileError(f"ONNX Runtime cannot run {self._name}: {_reason(err)}"
+                                    ) from None
+
+    def __getattr__(self, attribute: str):
+        return getattr(self._session, attribute)
 
 
 class OnnxrtSessionFromPath:

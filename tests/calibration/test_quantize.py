@@ -37,8 +37,10 @@ def test_qdq_only_around_projections(calibrated, case, precision):  # noqa: F811
     # The custom nodes and their bodies are those of the fp32 export, untouched.
     assert [f.SerializeToString() for f in model.functions] == \
         [f.SerializeToString() for f in original.functions]
-    custom = [n.op_type for n in model.graph.node if n.domain == "ssmprune"]
+    custom = [n for n in model.graph.node if n.domain == "ssmprune"]
     assert len(custom) == CASES[case].scans + CASES[case].gathers
+    assert [n.overload for n in custom] == [n.overload for n in original.graph.node
+                                            if n.domain == "ssmprune"]
     for node in model.graph.node:
         if node.domain == "ssmprune":
             assert not any("DequantizeLinear" in i for i in node.input)

@@ -24,9 +24,15 @@ import pytest
 import onnx
 
 from ssmprune.exporter import ExportOptions, ExportResult, export
+from ssmprune.exporter.bodies import check_overloads, scan_overload
 from ssmprune.exporter.schemas import DOMAIN, SELECTIVE_SCAN, TOKEN_GATHER
 from ssmprune.models.digits import embedded_weights
 from ssmprune.pruning import PruneConfig
+
+# The scan body each family's nodes call: Vim gates the scan's output with silu(z),
+# PlainMamba gates outside it.
+SCAN_OVERLOADS = {"vim": scan_overload(dict(delta_softplus=1, has_z=1)),
+                  "plainmamba": scan_overload(dict(delta_softplus=1, has_z=0))}
 
 VIM_SMALL = dict(img_size=32, patch_size=8, stride=8, embed_dim=32, depth=3, num_classes=100)
 PLAINMAMBA_SMALL = dict(img_size=64, embed_dim=32, depth=3, num_classes=100)
@@ -128,8 +134,11 @@ def assert_custom_nodes(case: str, result: ExportResult, model: onnx.ModelProto)
     if c.gathers:
         expected[f"{DOMAIN}::{TOKEN_GATHER}"] = c.gathers
     assert result.custom_nodes == expected
-    assert {(f.domain, f.name) for f in model.functions} == {
-        (DOMAIN, SELECTIVE_SCAN), *([(DOMAIN, TOKEN_GATHER)] if c.gathers else [])}
+    scans = SCAN_OVERLOADS[case.split("_")[0]]  # every scan of a model has the same attributes
+    assert {(f.domain, f.name, f.overload) for f in model.functions} == {
+        (DOMAIN, SELECTIVE_SCAN, scans), *([(DOMAIN, TOKEN_GATHER, "")] if c.gathers else [])}
+    assert {n.overload for n in model.graph.node if n.op_type == SELECTIVE_SCAN} == {scans}
+    assert check_overloads(model) == []
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,11 @@ delta under softplus is a zero step: a finite, ordinary token).
 
 The five implementations: the oracle itself, the chunked PyTorch form, the
 fused C kernel, the Triton kernel (interpreted on CPU) and the ONNX standard-op
-body run by ONNX Runtime.
+body run by ONNX Runtime (the body specialized to the attributes, and the one that
+reads them, for a model whose scans differ).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -48,9 +50,11 @@ VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 TOL = 1e-5  # max relative error on the finite part of a region, as test_selective_scan
 
 
-def run_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None, delta_softplus=False):
-    """The ONNX body of ``SelectiveScan`` in ONNX Runtime; absent inputs as the exporter
-    gives them (exporter/translations.py: zeros for D, delta_bias, gap; u for z, has_z=0)."""
+def run_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None, delta_softplus=False,
+             specialized=True):
+    """The ONNX body of ``SelectiveScan`` in ONNX Runtime, specialized to the attributes or
+    the one that reads them; absent inputs as the exporter gives them
+    (exporter/translations.py: zeros for D, delta_bias, gap; u for z, has_z=0)."""
     b, d, l = u.shape
     zeros = torch.zeros(d)
     given_ = dict(u=u, delta=delta, A=A, B=B, C=C, D=zeros if D is None else D,
@@ -59,7 +63,9 @@ def run_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None, gap=None, delta
                   gap=torch.zeros(b, l, dtype=torch.int64) if gap is None else gap)
     inputs = {name: given_[name].numpy() for name in SCAN_INPUTS}
     attributes = dict(delta_softplus=int(delta_softplus), has_z=int(z is not None))
-    model = op_model(SELECTIVE_SCAN, inputs, SCAN_OUTPUTS, attributes, BODIES[SELECTIVE_SCAN])
+    body = BODIES[SELECTIVE_SCAN]
+    model = op_model(SELECTIVE_SCAN, inputs, SCAN_OUTPUTS, attributes,
+                     body if specialized else lambda opset, _: body(opset, None))
     return torch.from_numpy(run_op_model(model, inputs)[0])
 
 
@@ -78,6 +84,7 @@ IMPLEMENTATIONS = {
     "fused": cpu_kernel.selective_scan_fused,
     "triton": run_triton,
     "onnx": run_onnx,
+    "onnx_generic": functools.partial(run_onnx, specialized=False),
 }
 # The interpreted Triton kernel costs about 0.2 s a call, the others milliseconds.
 MAX_EXAMPLES = {"triton": 6}

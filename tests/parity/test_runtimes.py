@@ -2,15 +2,17 @@
 (without a GPU: each refusal is one line), the precision a comparison is judged by, and,
 on a GPU, PyTorch vs ONNX Runtime vs TensorRT."""
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
 from exporter.export_cases import exports  # noqa: F401  (session fixture)
+from onnx import TensorProto, helper
 from parity.engine_cases import fake_engine, pretend_tensorrt
 
 from ssmprune.engine import trt as trt_mod
 from ssmprune.engine.errors import EngineFileError, NoGpuError, TensorRTUnavailableError
-from ssmprune.errors import ConfigError
+from ssmprune.errors import BadInputFileError, ConfigError
 from ssmprune.parity import runners
 from ssmprune.parity.compare import _judged_precision, run_parity
 
@@ -38,6 +40,23 @@ def test_sessions_ask_for_the_chosen_providers(monkeypatch):
                         lambda model, options, providers: asked.append(providers))
     runners.onnxrt_session(b"model")
     assert asked == [["chosen"]]
+
+
+def test_a_model_that_loads_and_cannot_run_is_a_bad_input_file():
+    # A Reshape whose target shape does not fit its input: ONNX Runtime loads the graph
+    # (the shape is an input) and fails at run time, as a re-hashed, byte-flipped file can.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    session = runners.onnxrt_session(model.SerializeToString(), threads=1)
+    x = np.ones((2, 3), np.float32)
+    assert session.run(None, {"x": x, "shape": np.array([3, 2])})[0].shape == (3, 2)
+    assert session.get_inputs()[0].name == "x"  # the rest is the session's own
+    with pytest.raises(BadInputFileError, match="ONNX Runtime cannot run the ONNX model: "):
+        session.run(None, {"x": x, "shape": np.array([4, 2])})
 
 
 def test_report_names_what_ran_each_runtime(exports):
