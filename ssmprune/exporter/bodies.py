@@ -3,35 +3,37 @@
 ONNX Runtime runs a node ``ssmprune::SelectiveScan`` by inlining the
 model-local function with the same domain and name (and overload, from 1.27);
 so does onnx's inliner (``--no-plugins`` builds, the ``standard`` flavour),
-and TensorRT's parser, by name alone, when no plugin is registered under it. Each function
-is shape-generic (one function serves every node, whatever its sequence
-length) and uses only standard ops of the model's opset (18 or later).
+and TensorRT's parser, by name alone, when no plugin is registered under it.
+Each function is shape-generic (one function serves every node, whatever its
+sequence length) and uses only standard ops of the model's opset (18 or
+later).
 
 The selective scan's ``delta_softplus`` and ``has_z`` are fixed per node, and
 every scan of a model shares them (softplus and the silu(z) gate in Vim,
 softplus alone in PlainMamba, which gates outside the scan). So its body is
 built for those values and named by them (the function's and the nodes'
 ``overload``, ONNX IR 10) instead of choosing at run time with ``Where``
-nodes that ONNX Runtime does not fold away: 34 nodes instead of 41 for Vim
-(31 for PlainMamba), and faster (benchmarks/RESULTS.md). A model whose scans differ gets the body that
-reads the attributes (no overload; ``stages.attach_bodies`` says why).
+nodes that ONNX Runtime does not fold away: 36 nodes instead of 43 for Vim
+(33 for PlainMamba). A model whose scans differ gets the body that reads the
+attributes (no overload; ``stages.attach_bodies`` says why).
 ``check_overloads`` holds a node to the body its attributes name.
 
 The selective scan body is a per-token ``Scan`` whose decays are computed
 ahead of it, in token-major layout:
 
-* softplus, the gap of pruned tokens, delta u and D u: elementwise passes
+* softplus, the gap of pruned tokens and delta u: elementwise passes
   over (l b d) before the Scan; exp(delta_t A) for every token at once,
   (l b d n), in one broadcast ``Mul`` and ``Exp``;
 * the step is ``h = exp(delta A)_t * h + (delta u)_t B_t`` and
-  ``y_t = C_t . h + (D u)_t``: five small nodes. The outer product is a
-  ``MatMul`` of (b d 1) by (b 1 n), twice as fast in ONNX Runtime as the
-  broadcast ``Mul``, and the D skip is added in the step so that the Scan
-  writes y straight into the (b d l) output layout (``scan_output_axes``);
+  ``y_t = h C_t``: four small nodes, both products ``MatMul`` ((b d 1) by
+  (b 1 n), then (b d n) by (b n 1)), which ONNX Runtime runs faster than a
+  broadcast ``Mul`` (2x) or an ``Einsum`` (10 % of the model); the Scan reads
+  C along its token axis as it comes and writes y in the (b d l) layout
+  (``scan_output_axes``), where the D skip is added;
 * the silu(z) gate multiplies that output, in the inputs' own type (z as it
   comes, no transpose).
 
-34 nodes in all with softplus and gate, subgraphs included, against 404 for
+36 nodes in all with softplus and gate, subgraphs included, against 404 for
 the chunked form with an unrolled recurrence that this replaced
 (benchmarks/RESULTS.md, "ONNX scan body"): a TensorRT build and an ONNX
 Runtime session pay for every node, 48 times in Vim-S. It is also the
@@ -99,14 +101,15 @@ def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = N
                         doc=f"Selective scan ({overload or 'any attributes'}): a per-token "
                             "Scan over the precomputed exp(delta A).")
     # u and delta (b d l) in one cast and one transpose to token-major (l b d), where
-    # delta_bias and D (d) broadcast as they are; B and C (b n l) likewise, to (l b 1 n).
+    # delta_bias and D (d) broadcast as they are; B and C (b n l) in one cast and unsqueeze,
+    # then B to (l b 1 n) for the step's outer product, C read by the Scan along l as it is.
     ud = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", axis=0), to=FLOAT),
               perm=[2, 0, 1])
     u, delta = f.op("Split", ud, axis=1, num_outputs=2, outputs=2)
     last = f.ints(3)
-    bc = f.op("Transpose", f.op("Unsqueeze", f.op("Cast", f.op("Concat", "B", "C", axis=0),
-                                                    to=FLOAT), last), perm=[2, 0, 3, 1])
-    B, C = f.op("Split", bc, axis=1, num_outputs=2, outputs=2)
+    bc = f.op("Unsqueeze", f.op("Cast", f.op("Concat", "B", "C", axis=0), to=FLOAT), last)
+    B, C = f.op("Split", bc, axis=0, num_outputs=2, outputs=2)  # (b n l 1)
+    B = f.op("Transpose", B, perm=[2, 0, 3, 1])
     raw = f.op("Add", delta, "delta_bias")  # and "delta_bias" for a pruned token (delta 0)
     dt, dt0 = _switch(f, values, "delta_softplus",
                       lambda: [f.op("Softplus", raw), f.op("Softplus", "delta_bias")],
@@ -117,17 +120,17 @@ def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = N
     h0 = f.op("ConstantOfShape", f.op("Shape", dA, start=1))  # zeros (b d n)
     step = helper.make_graph(
         [helper.make_node("Mul", ["dA_t", "h"], ["decayed"]),
-         helper.make_node("MatMul", ["x_t", "B_t"], ["xB_t"]),
+         helper.make_node("MatMul", ["x_t", "B_t"], ["xB_t"]),  # (b d 1) (b 1 n)
          helper.make_node("Add", ["decayed", "xB_t"], ["h_next"]),
-         helper.make_node("Einsum", ["h_next", "C_t"], ["Ch_t"], equation="bdn,bkn->bd"),
-         helper.make_node("Add", ["Ch_t", "Du_t"], ["y_t"])],
+         helper.make_node("MatMul", ["h_next", "C_t"], ["y_t"])],  # (b d n) (b n 1)
         "selective_scan_step",
-        [helper.make_tensor_value_info(n, FLOAT, None)
-         for n in ("h", "dA_t", "x_t", "B_t", "C_t", "Du_t")],
+        [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h", "dA_t", "x_t", "B_t", "C_t")],
         [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h_next", "y_t")])
     x = f.op("Unsqueeze", f.op("Mul", dt, u), last)  # (l b d 1)
-    _, y = f.op("Scan", h0, dA, x, B, C, f.op("Mul", "D", u), outputs=2, body=step,
-                num_scan_inputs=5, scan_output_axes=[2])  # (b d l)
+    _, y = f.op("Scan", h0, dA, x, B, C, outputs=2, body=step, num_scan_inputs=4,
+                scan_input_axes=[0, 0, 0, 2], scan_output_axes=[2])  # (b d l 1)
+    y = f.op("Add", f.op("Squeeze", y, last),
+             f.op("Transpose", f.op("Mul", "D", u), perm=[1, 2, 0]))  # + D u, (b d l)
     y = f.op("CastLike", y, "u")
     y, = _switch(f, values, "has_z",
                  lambda: [f.op("Mul", y, f.op("Mul", "z", f.op("Sigmoid", "z")))], [y])
