@@ -13,8 +13,8 @@ every scan of a model shares them (softplus and the silu(z) gate in Vim,
 softplus alone in PlainMamba, which gates outside the scan). So its body is
 built for those values and named by them (the function's and the nodes'
 ``overload``, ONNX IR 10) instead of choosing at run time with ``Where``
-nodes that ONNX Runtime does not fold away: 36 nodes instead of 43 for Vim
-(33 for PlainMamba). A model whose scans differ gets the body that reads the
+nodes that ONNX Runtime does not fold away: 37 nodes instead of 44 for Vim
+(34 for PlainMamba). A model whose scans differ gets the body that reads the
 attributes (no overload; ``stages.attach_bodies`` says why).
 ``check_overloads`` holds a node to the body its attributes name.
 
@@ -27,13 +27,13 @@ ahead of it, in token-major layout:
 * the step is ``h = exp(delta A)_t * h + (delta u)_t B_t`` and
   ``y_t = h C_t``: four small nodes, both products ``MatMul`` ((b d 1) by
   (b 1 n), then (b d n) by (b n 1)), which ONNX Runtime runs faster than a
-  broadcast ``Mul`` (2x) or an ``Einsum`` (10 % of the model); the Scan reads
-  C along its token axis as it comes and writes y in the (b d l) layout
-  (``scan_output_axes``), where the D skip is added;
+  broadcast ``Mul`` (2x) or an ``Einsum`` (10 % of the model); the Scan
+  writes y in the (b d l) layout (``scan_output_axes``), where the D skip is
+  added;
 * the silu(z) gate multiplies that output, in the inputs' own type (z as it
   comes, no transpose).
 
-36 nodes in all with softplus and gate, subgraphs included, against 404 for
+37 nodes in all with softplus and gate, subgraphs included, against 404 for
 the chunked form with an unrolled recurrence that this replaced
 (benchmarks/RESULTS.md, "ONNX scan body"): a TensorRT build and an ONNX
 Runtime session pay for every node, 48 times in Vim-S. It is also the
@@ -102,14 +102,16 @@ def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = N
                             "Scan over the precomputed exp(delta A).")
     # u and delta (b d l) in one cast and one transpose to token-major (l b d), where
     # delta_bias and D (d) broadcast as they are; B and C (b n l) in one cast and unsqueeze,
-    # then B to (l b 1 n) for the step's outer product, C read by the Scan along l as it is.
+    # then B to (l b 1 n) and C to (l b n 1) for the step's two MatMuls. (The Scan could
+    # read C along l as it is, but ONNX Runtime 1.32 dies of SIGFPE on a sequence of length
+    # 0 scanned along an axis other than 0.)
     ud = f.op("Transpose", f.op("Cast", f.op("Concat", "u", "delta", axis=0), to=FLOAT),
               perm=[2, 0, 1])
     u, delta = f.op("Split", ud, axis=1, num_outputs=2, outputs=2)
     last = f.ints(3)
     bc = f.op("Unsqueeze", f.op("Cast", f.op("Concat", "B", "C", axis=0), to=FLOAT), last)
     B, C = f.op("Split", bc, axis=0, num_outputs=2, outputs=2)  # (b n l 1)
-    B = f.op("Transpose", B, perm=[2, 0, 3, 1])
+    B, C = f.op("Transpose", B, perm=[2, 0, 3, 1]), f.op("Transpose", C, perm=[2, 0, 1, 3])
     raw = f.op("Add", delta, "delta_bias")  # and "delta_bias" for a pruned token (delta 0)
     dt, dt0 = _switch(f, values, "delta_softplus",
                       lambda: [f.op("Softplus", raw), f.op("Softplus", "delta_bias")],
@@ -128,7 +130,7 @@ def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = N
         [helper.make_tensor_value_info(n, FLOAT, None) for n in ("h_next", "y_t")])
     x = f.op("Unsqueeze", f.op("Mul", dt, u), last)  # (l b d 1)
     _, y = f.op("Scan", h0, dA, x, B, C, outputs=2, body=step, num_scan_inputs=4,
-                scan_input_axes=[0, 0, 0, 2], scan_output_axes=[2])  # (b d l 1)
+                scan_output_axes=[2])  # (b d l 1)
     y = f.op("Add", f.op("Squeeze", y, last),
              f.op("Transpose", f.op("Mul", "D", u), perm=[1, 2, 0]))  # + D u, (b d l)
     y = f.op("CastLike", y, "u")

@@ -153,11 +153,16 @@ def onnxrt_session(path: Path | bytes, threads: int = 0, optimization: str = "al
 
 
 def _ort_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises for a file it cannot load: a broken graph, or an op it lacks."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     return (ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
-            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.Fail,
-            ort_errors.RuntimeException)
+            ort_errors.NoSuchFile, ort_errors.NotImplemented, ort_errors.Fail)
+
+
+# ONNX Runtime raises Fail for these too: the machine's trouble, not the file's.
+_MACHINE_TROUBLE = ("failed to allocate", "bad allocation", "out of memory", "cuda", "cublas",
+                    "cudnn")
 
 
 def _reason(err: Exception) -> str:
@@ -165,10 +170,11 @@ def _reason(err: Exception) -> str:
 
 
 class CheckedSession:
-    """An ``onnxruntime.InferenceSession`` whose ``run`` reports ONNX Runtime's failure
-    as ``BadInputFileError``: a graph that loads and still cannot run (shapes that only
-    meet at run time, e.g. a re-hashed file with a flipped dimension) is the file's fault.
-    Everything else is the session's own."""
+    """An ``onnxruntime.InferenceSession`` whose ``run`` reports the model's failure as
+    ``BadInputFileError``: a graph that loads and still cannot run (shapes that only meet
+    at run time, e.g. a re-hashed file with a flipped dimension) is the file's fault.
+    Memory and device failures stay ONNX Runtime's own errors; everything else
+    (``get_inputs``, ``io_binding``, ...) is the session's, unchecked."""
 
     def __init__(self, session, name: str):
         self._session, self._name = session, name
@@ -177,10 +183,14 @@ class CheckedSession:
         try:
             return self._session.run(*args, **kwargs)
         except _ort_errors() as err:
+            if any(word in str(err).lower() for word in _MACHINE_TROUBLE):
+                raise
             raise BadInputFileError(f"ONNX Runtime cannot run {self._name}: {_reason(err)}"
                                     ) from None
 
     def __getattr__(self, attribute: str):
+        if attribute.startswith("_"):  # a copy or an unpickled one has no _session yet
+            raise AttributeError(attribute)
         return getattr(self._session, attribute)
 
 

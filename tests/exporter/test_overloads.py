@@ -82,7 +82,7 @@ def test_nodes_with_different_attributes_share_the_body_that_reads_them():
     model = scan_model(inputs, COMBINATIONS)
     (body,) = scan_bodies(model)
     assert body.overload == "" and [n.overload for n in model.graph.node] == [""] * 4
-    assert body_node_count(body) == 43
+    assert body_node_count(body) == 44
     check_onnx(model)
     assert_matches_references(model, inputs, COMBINATIONS)
 

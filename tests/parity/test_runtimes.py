@@ -2,6 +2,8 @@
 (without a GPU: each refusal is one line), the precision a comparison is judged by, and,
 on a GPU, PyTorch vs ONNX Runtime vs TensorRT."""
 
+import copy
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -57,6 +59,19 @@ def test_a_model_that_loads_and_cannot_run_is_a_bad_input_file():
     assert session.get_inputs()[0].name == "x"  # the rest is the session's own
     with pytest.raises(BadInputFileError, match="ONNX Runtime cannot run the ONNX model: "):
         session.run(None, {"x": x, "shape": np.array([4, 2])})
+    assert copy.copy(session).get_inputs()[0].name == "x"
+
+
+def test_running_out_of_memory_is_not_the_files_fault(monkeypatch):
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    class Exhausted:
+        def run(self, *args):
+            raise ort_errors.Fail("bfc_arena.cc:359 AllocateRawInternal Failed to allocate "
+                                  "memory for requested buffer of size 1073741824")
+
+    with pytest.raises(ort_errors.Fail, match="Failed to allocate"):
+        runners.CheckedSession(Exhausted(), "m.onnx").run(None, {})
 
 
 def test_report_names_what_ran_each_runtime(exports):
