@@ -169,9 +169,10 @@ def test_fp8_matches_fp32_on_digits(tmp_path, name, exports):  # noqa: F811
                     "(experiments/digits.py train writes them)")
     src = exports.shipped_digits(name, f"{name}_top")
     config = read_export(src)[1].config
-    # minmax ranges from 256 training scans, as `calibrate --precision fp8 --samples 256`:
-    # 99.2 % (vim) and 99.4 % (plainmamba) held-out agreement, the parity row's 99 % with
-    # one sample to spare for vim; 64 scans give vim 98.3 % (benchmarks/RESULTS.md).
+    # The default (percentile) ranges from 256 training scans, as `calibrate --precision fp8
+    # --samples 256`: 99.4 % (vim) and 99.2 % (plainmamba) held-out agreement, the parity
+    # row's 99 %; minmax gives 99.2 % and 99.4 %, and 64 scans of minmax give vim 98.3 %
+    # (benchmarks/RESULTS.md, "fp8").
     result = calibrate(src, DigitsData(config, "train"),
                        CalibrateOptions(precision="fp8", samples=256), tmp_path / "fp8",
                        holdout=DigitsData(config, "held_out"))
