@@ -68,11 +68,16 @@ from ssmprune.exporter.schemas import (
 FLOAT = TensorProto.FLOAT
 
 
-def scan_overload(attributes: Mapping[str, int]) -> str:
-    """The overload naming the SelectiveScan body for a node's ``attributes``
-    (omitted ones take the schema's defaults; any nonzero value is on)."""
+def _scan_values(attributes: Mapping[str, int]) -> dict[str, int]:
+    """{attribute: 0 or 1} of a SelectiveScan node: omitted ones take the schema's
+    defaults, any nonzero value is on."""
     values = {**SCAN_ATTRIBUTES, **attributes}
-    return ",".join(f"{name}={int(bool(values[name]))}" for name in SCAN_ATTRIBUTES)
+    return {name: int(bool(values[name])) for name in SCAN_ATTRIBUTES}
+
+
+def scan_overload(attributes: Mapping[str, int]) -> str:
+    """The overload naming the SelectiveScan body for a node's ``attributes``."""
+    return ",".join(f"{name}={value}" for name, value in _scan_values(attributes).items())
 
 
 def _switch(f: FunctionBuilder, values: Mapping[str, int] | None, attribute: str,
@@ -93,9 +98,7 @@ def selective_scan_function(opset: int, attributes: Mapping[str, int] | None = N
     Specialized to the nodes with ``attributes`` (overload ``scan_overload``); with
     None, the body of every node, which reads the attributes at run time (no overload).
     """
-    values = None if attributes is None else {
-        name: int(bool(value)) for name, value in {**SCAN_ATTRIBUTES, **attributes}.items()
-        if name in SCAN_ATTRIBUTES}
+    values = None if attributes is None else _scan_values(attributes)
     overload = "" if attributes is None else scan_overload(attributes)
     f = FunctionBuilder(DOMAIN, SELECTIVE_SCAN, SCAN_INPUTS, SCAN_ATTRIBUTES, opset,
                         doc=f"Selective scan ({overload or 'any attributes'}): a per-token "
